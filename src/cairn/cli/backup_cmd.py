@@ -1,0 +1,60 @@
+"""``cairn backup`` and ``cairn restore``."""
+
+from __future__ import annotations
+
+import socket
+
+import click
+
+from cairn.cli.common import ns_option, repository_option
+from cairn.cli.output import human_size
+from cairn.client.backup import BackupJob, run_backup
+from cairn.client.repository import open_repository
+from cairn.client.restore import restore_archive
+from cairn.client.spec import parse_backup_spec
+from cairn.datastore.names import BACKUP_TYPES, GroupName, Namespace, SnapshotName
+
+
+@click.command()
+@click.argument("specs", nargs=-1, metavar="SPEC...")
+@repository_option
+@ns_option
+@click.option("--backup-type", type=click.Choice(BACKUP_TYPES), default="host", show_default=True)
+@click.option("--backup-id", default=None, help="Backup ID (default: this host's name).")
+@click.option("--backup-time", type=int, default=None, help="Snapshot time as epoch (default: now).")
+def backup(specs: tuple[str, ...], repository: str | None, ns: Namespace, backup_type: str,
+           backup_id: str | None, backup_time: int | None) -> None:
+    """Back up SPECs (disk.img:/dev/sdb, vm.conf:/path, log.log:-) into a new snapshot."""
+    parsed = [parse_backup_spec(spec) for spec in specs]
+    group = GroupName(backup_type, backup_id or socket.gethostname().split(".")[0])
+    store = open_repository(repository, for_write=True)
+    result = run_backup(store, parsed, BackupJob(ns, group, backup_time))
+    rate = result.bytes_read / result.seconds if result.seconds > 0 else 0
+    click.echo(
+        f"snapshot {result.snapshot}: {human_size(result.bytes_read)} read in "
+        f"{result.seconds:.1f}s ({human_size(int(rate))}/s), {result.chunks_new} new chunks "
+        f"({human_size(result.bytes_new)}), {result.chunks_reused} reused",
+        err=True,
+    )
+    click.echo(str(result.snapshot))
+
+
+@click.command()
+@click.argument("snapshot")
+@click.argument("archive")
+@click.argument("target")
+@repository_option
+@ns_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing target file.")
+def restore(snapshot: str, archive: str, target: str, repository: str | None, ns: Namespace, overwrite: bool) -> None:
+    """Restore ARCHIVE of SNAPSHOT to TARGET (a file, a block device, or - for stdout)."""
+    name = SnapshotName.parse(snapshot)
+    store = open_repository(repository)
+    result = restore_archive(store, ns, name, archive, target, overwrite=overwrite)
+    if target != "-":
+        click.echo(f"restored {result.archive} ({human_size(result.size)}) to {target}", err=True)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(backup)
+    cli.add_command(restore)

@@ -1,0 +1,17 @@
+"""Options shared by the commands, named as proxmox-backup-client names them."""
+
+from __future__ import annotations
+
+import click
+
+from cairn.datastore.names import Namespace
+
+repository_option = click.option(
+    "--repository", "repository", envvar=["CAIRN_REPOSITORY", "PBS_REPOSITORY"], metavar="REPO",
+    help="Datastore path (default: $CAIRN_REPOSITORY, then $PBS_REPOSITORY).",
+)
+
+ns_option = click.option(
+    "--ns", "ns", default="", metavar="NS", callback=lambda ctx, param, value: Namespace.parse(value),
+    help="Namespace (e.g. site-a/cluster1); the root namespace when omitted.",
+)

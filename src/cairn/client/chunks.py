@@ -1,0 +1,53 @@
+"""Turning plain chunk data into stored chunks, and back.
+
+Runs inside the worker threads of the pipeline: digesting, compressing, encrypting and
+writing are all done by C code that releases the GIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from cairn.datastore.chunk_store import ChunkStore
+from cairn.format.blob import Cipher, decode_blob, encode_blob
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    digest: bytes
+    size: int
+    new_bytes: int  # encoded bytes written, 0 when the chunk was already there
+
+
+class ChunkCodec:
+    """Digest and blob encoding of chunks under one key (or none)."""
+
+    def __init__(self, cipher: Cipher | None = None) -> None:
+        self.cipher = cipher
+        self._zero_digests: dict[int, bytes] = {}
+
+    def digest(self, data: bytes | memoryview) -> bytes:
+        if self.cipher is not None:
+            return self.cipher.compute_digest(data)
+        return hashlib.sha256(data).digest()
+
+    def zero_digest(self, size: int) -> bytes:
+        """Digest of ``size`` zero bytes: restore writes a hole instead of reading such chunks."""
+        digest = self._zero_digests.get(size)
+        if digest is None:
+            digest = self._zero_digests[size] = self.digest(bytes(size))
+        return digest
+
+    def store(self, chunks: ChunkStore, data: bytes | memoryview) -> StoredChunk:
+        """Store ``data`` unless a chunk with its digest exists (then only mark it used)."""
+        digest = self.digest(data)
+        if chunks.touch(digest):
+            return StoredChunk(digest, len(data), 0)
+        raw = encode_blob(data, self.cipher)
+        written = len(raw) if chunks.insert(digest, raw) else 0
+        return StoredChunk(digest, len(data), written)
+
+    def load(self, chunks: ChunkStore, digest: bytes) -> bytes:
+        """Read, check (CRC and digest) and decode one chunk."""
+        return decode_blob(chunks.read(digest), self.cipher, digest)

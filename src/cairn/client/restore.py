@@ -1,0 +1,176 @@
+"""Restoring archives of a snapshot: images to files, devices or stdout; blobs likewise."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from cairn.client.chunks import ChunkCodec
+from cairn.client.pipeline import ordered_map
+from cairn.client.progress import progress_bar
+from cairn.client.spec import archive_candidates
+from cairn.datastore.datastore import Datastore, SnapshotInfo
+from cairn.datastore.fsutil import temp_name
+from cairn.datastore.names import Namespace, SnapshotName
+from cairn.errors import IntegrityError, NotFoundError, UsageError
+from cairn.format.blob import decode_blob
+from cairn.format.index import FixedIndex
+from cairn.format.manifest import FileInfo, Manifest
+
+
+@dataclass
+class RestoreResult:
+    archive: str
+    size: int
+    holes: int  # bytes left as holes (zero chunks not written)
+
+
+def resolve_archive(manifest: Manifest, name: str) -> FileInfo:
+    for candidate in archive_candidates(name):
+        try:
+            return manifest.lookup(candidate)
+        except KeyError:
+            continue
+    known = ", ".join(f.filename for f in manifest.files) or "none"
+    raise NotFoundError(f"snapshot has no archive {name!r} (archives: {known})")
+
+
+def open_snapshot(store: Datastore, ns: Namespace, name: SnapshotName, cipher) -> SnapshotInfo:
+    """A complete snapshot whose key matches ``cipher``; checked before anything is read."""
+    info = store.complete_snapshot(ns, name)
+    info.manifest.check_key(cipher)
+    if cipher is not None:
+        info.manifest.verify_signature(cipher)
+    return info
+
+
+def restore_archive(
+    store: Datastore, ns: Namespace, name: SnapshotName, archive: str, target: str,
+    cipher=None, overwrite: bool = False,
+) -> RestoreResult:
+    info = open_snapshot(store, ns, name, cipher)
+    file_info = resolve_archive(info.manifest, archive)
+    chunk_cipher = cipher if file_info.crypt_mode == "encrypt" else None
+    with store.lock_snapshot(ns, name, exclusive=False, timeout=10):
+        if file_info.filename.endswith(".blob"):
+            raw = store.read_archive_bytes(ns, name, file_info.filename)
+            _check_manifest_entry(file_info, raw)
+            data = decode_blob(raw, chunk_cipher)
+            with _Target(target, overwrite) as out:
+                out.write(data)
+            return RestoreResult(file_info.filename, len(data), 0)
+        if file_info.filename.endswith(".fidx"):
+            index = store.open_index(ns, name, file_info.filename)
+            if index.index_csum != file_info.csum or index.size != file_info.size:
+                raise IntegrityError(f"{file_info.filename} does not match the manifest (corrupt snapshot)")
+            return _restore_image(store, index, file_info.filename, target, ChunkCodec(chunk_cipher), overwrite)
+        raise UsageError(f"{file_info.filename} is a file-tree archive; restore it with the pxar support")
+
+
+def _check_manifest_entry(file_info: FileInfo, raw: bytes) -> None:
+    import hashlib
+
+    if len(raw) != file_info.size or hashlib.sha256(raw).digest() != file_info.csum:
+        raise IntegrityError(f"{file_info.filename} does not match the manifest (corrupt snapshot)")
+
+
+def _restore_image(
+    store: Datastore, index: FixedIndex, archive: str, target: str, codec: ChunkCodec, overwrite: bool
+) -> RestoreResult:
+    holes = 0
+
+    def fetch(pos: int) -> tuple[int, bytes | None]:
+        start, end = index.chunk_range(pos)
+        digest = index.digest(pos)
+        if digest == codec.zero_digest(end - start):
+            return end - start, None
+        return end - start, codec.load(store.chunks, digest)
+
+    with _Target(target, overwrite) as out, progress_bar(f"restore {archive}", index.size) as bar:
+        for length, data in ordered_map(fetch, range(len(index))):
+            if data is None and out.seekable:
+                out.skip(length)
+                holes += length
+            else:
+                out.write(data if data is not None else bytes(length))
+            bar.advance(length)
+        out.set_size(index.size)
+    return RestoreResult(archive, index.size, holes)
+
+
+class _Target:
+    """Where restored bytes go: stdout, a block device, or a new file made atomically.
+
+    A regular file is written under a temporary name and renamed into place only when the
+    whole archive was restored, so an interrupted restore never leaves a half-written file.
+    """
+
+    def __init__(self, target: str, overwrite: bool) -> None:
+        self.target = target
+        self.overwrite = overwrite
+        self.seekable = False
+        self._tmp: Path | None = None
+        self._file: BinaryIO
+
+    def __enter__(self) -> _Target:
+        if self.target == "-":
+            self._file = sys.stdout.buffer
+            return self
+        path = Path(self.target)
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        except PermissionError:
+            raise UsageError(f"cannot restore to {path}: permission denied") from None
+        if mode is not None and stat.S_ISBLK(mode):
+            self._file = _open_target(path, "r+b")
+            self.seekable = False  # a device keeps old data in holes: write zeros explicitly
+            return self
+        if mode is not None and stat.S_ISDIR(mode):
+            raise UsageError(f"cannot restore to {path}: it is a directory")
+        if mode is not None and not self.overwrite:
+            raise UsageError(f"{path} exists; use --overwrite to replace it")
+        if not path.parent.is_dir():
+            raise UsageError(f"cannot restore to {path}: directory {path.parent} does not exist")
+        self._tmp = temp_name(path)
+        self._file = _open_target(self._tmp, "xb")
+        self.seekable = True
+        return self
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def skip(self, length: int) -> None:
+        self._file.seek(length, os.SEEK_CUR)
+
+    def set_size(self, size: int) -> None:
+        if self._tmp is not None:
+            self._file.truncate(size)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._file is sys.stdout.buffer:
+            if exc_type is None:
+                self._file.flush()
+            return
+        try:
+            self._file.close()
+        finally:
+            if self._tmp is not None:
+                if exc_type is None:
+                    os.rename(self._tmp, self.target)
+                else:
+                    self._tmp.unlink(missing_ok=True)
+
+
+def _open_target(path: Path, mode: str) -> BinaryIO:
+    try:
+        return open(path, mode)
+    except PermissionError:
+        raise UsageError(f"cannot restore to {path}: permission denied") from None
+    except OSError as err:
+        raise UsageError(f"cannot restore to {path}: {err.strerror}") from None

@@ -1,0 +1,166 @@
+"""DataBlob: the container for every chunk and every small file (``*.blob``) in a PBS store.
+
+Layout (all little endian)::
+
+    plain:      magic[8] | crc32[4] | payload
+    encrypted:  magic[8] | crc32[4] | iv[16] | tag[16] | ciphertext
+
+The CRC32 covers the bytes after the header, so a server can check a chunk's integrity
+without the encryption key. The payload is zstd (level 1) compressed only when that makes
+it smaller; the magic says which variant a blob is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import zstandard
+
+from cairn.errors import CryptError, FormatError, IntegrityError
+
+# First 8 bytes of sha256(b"Proxmox Backup <kind> blob v1.0"), as PBS's file_formats.rs.
+UNCOMPRESSED_BLOB_MAGIC = bytes([66, 171, 56, 7, 190, 131, 112, 161])
+COMPRESSED_BLOB_MAGIC = bytes([49, 185, 88, 66, 111, 182, 163, 127])
+ENCRYPTED_BLOB_MAGIC = bytes([123, 103, 133, 190, 34, 45, 76, 240])
+ENCR_COMPR_BLOB_MAGIC = bytes([230, 89, 27, 191, 11, 191, 216, 11])
+
+PLAIN_HEADER_SIZE = 12
+ENCRYPTED_HEADER_SIZE = 44
+
+# PBS's backup protocol refuses chunks and blobs above 16 MiB; we hold decoded payloads to
+# the same bound so a hostile compressed blob cannot make us allocate without limit.
+MAX_BLOB_SIZE = 16 * 1024 * 1024
+
+ZSTD_LEVEL = 1
+
+_HEADER_SIZES = {
+    UNCOMPRESSED_BLOB_MAGIC: PLAIN_HEADER_SIZE,
+    COMPRESSED_BLOB_MAGIC: PLAIN_HEADER_SIZE,
+    ENCRYPTED_BLOB_MAGIC: ENCRYPTED_HEADER_SIZE,
+    ENCR_COMPR_BLOB_MAGIC: ENCRYPTED_HEADER_SIZE,
+}
+
+
+class Cipher(Protocol):
+    """What blob encoding needs from a key (implemented by ``format.crypt.CryptConfig``)."""
+
+    def encrypt(self, data: bytes) -> tuple[bytes, bytes, bytes]: ...
+
+    def decrypt(self, iv: bytes, tag: bytes, ciphertext: bytes) -> bytes: ...
+
+    def compute_digest(self, data: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What the header of an encoded blob says about it."""
+
+    encrypted: bool
+    compressed: bool
+    header_size: int
+
+
+def blob_info(raw: bytes | memoryview) -> BlobInfo:
+    """Classify a blob by its magic; raise FormatError for anything that is not a blob."""
+    if len(raw) < PLAIN_HEADER_SIZE:
+        raise FormatError(f"blob too small ({len(raw)} bytes)")
+    magic = bytes(raw[:8])
+    header_size = _HEADER_SIZES.get(magic)
+    if header_size is None:
+        raise FormatError("not a PBS data blob (unknown magic number)")
+    if len(raw) < header_size:
+        raise FormatError(f"encrypted blob too small ({len(raw)} bytes)")
+    return BlobInfo(
+        encrypted=header_size == ENCRYPTED_HEADER_SIZE,
+        compressed=magic in (COMPRESSED_BLOB_MAGIC, ENCR_COMPR_BLOB_MAGIC),
+        header_size=header_size,
+    )
+
+
+def _compress(data: bytes | memoryview) -> bytes:
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+
+
+def encode_blob(
+    data: bytes | memoryview, cipher: Cipher | None = None, compress: bool = True
+) -> bytes:
+    """Encode ``data`` as a DataBlob, compressed when that helps, encrypted with ``cipher``."""
+    if len(data) > MAX_BLOB_SIZE:
+        raise FormatError(f"data blob too large ({len(data)} bytes, limit {MAX_BLOB_SIZE})")
+    payload: bytes | memoryview = data
+    compressed = False
+    if compress:
+        packed = _compress(data)
+        if len(packed) < len(data):
+            payload, compressed = packed, True
+    if cipher is not None:
+        iv, tag, ciphertext = cipher.encrypt(bytes(payload))
+        magic = ENCR_COMPR_BLOB_MAGIC if compressed else ENCRYPTED_BLOB_MAGIC
+        crc = zlib.crc32(ciphertext)
+        return b"".join((magic, struct.pack("<I", crc), iv, tag, ciphertext))
+    magic = COMPRESSED_BLOB_MAGIC if compressed else UNCOMPRESSED_BLOB_MAGIC
+    return b"".join((magic, struct.pack("<I", zlib.crc32(payload)), payload))
+
+
+def blob_crc_ok(raw: bytes | memoryview) -> bool:
+    """True if the stored CRC32 matches the bytes after the header."""
+    info = blob_info(raw)
+    (stored,) = struct.unpack_from("<I", raw, 8)
+    return zlib.crc32(memoryview(raw)[info.header_size :]) == stored
+
+
+def _decompress(payload: bytes | memoryview) -> bytes:
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(payload)
+        out = reader.read(MAX_BLOB_SIZE + 1)
+        while len(out) <= MAX_BLOB_SIZE:
+            more = reader.read(MAX_BLOB_SIZE + 1 - len(out))
+            if not more:
+                break
+            out += more
+    except zstandard.ZstdError as err:
+        raise FormatError(f"blob payload is not valid zstd data ({err})") from None
+    if len(out) > MAX_BLOB_SIZE:
+        raise FormatError(f"blob payload expands beyond {MAX_BLOB_SIZE} bytes")
+    return out
+
+
+def decode_blob(
+    raw: bytes | memoryview,
+    cipher: Cipher | None = None,
+    digest: bytes | None = None,
+    check_crc: bool = True,
+) -> bytes:
+    """Decode a DataBlob back to its payload.
+
+    Checks the CRC (unless told not to), decrypts with ``cipher`` when the blob is encrypted,
+    and, when ``digest`` is given, checks that the payload hashes to it (plain SHA-256, or the
+    key's keyed digest for encrypted chunks).
+    """
+    info = blob_info(raw)
+    if check_crc and not blob_crc_ok(raw):
+        raise IntegrityError("data blob has a wrong CRC checksum (corrupt data)")
+    view = memoryview(raw)
+    if info.encrypted:
+        if cipher is None:
+            raise CryptError("this data is encrypted; a key is needed to read it (--keyfile)")
+        iv = bytes(view[12:28])
+        tag = bytes(view[28:44])
+        payload: bytes | memoryview = cipher.decrypt(iv, tag, bytes(view[44:]))
+    else:
+        payload = view[PLAIN_HEADER_SIZE:]
+    if info.compressed:
+        data = _decompress(payload)
+    else:
+        if len(payload) > MAX_BLOB_SIZE:
+            raise FormatError(f"blob payload larger than {MAX_BLOB_SIZE} bytes")
+        data = bytes(payload)
+    if digest is not None:
+        actual = cipher.compute_digest(data) if info.encrypted else hashlib.sha256(data).digest()
+        if actual != digest:
+            raise IntegrityError("chunk digest does not match its content (corrupt data)")
+    return data

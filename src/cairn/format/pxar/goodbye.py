@@ -1,0 +1,118 @@
+"""The goodbye table: the per-directory lookup index at the end of every pxar directory.
+
+A directory ends with one GOODBYE item holding ``(hash, offset, size)`` triples, one per
+child, followed by a tail triple. The child triples are sorted by the SipHash-2-4 of the
+child's name and then laid out as an implicit binary search tree (children of slot ``i`` at
+``2i+1`` and ``2i+2``), the same permutation casync and pxar use; a reader finds a name by
+walking down from slot 0 without reading the whole table. Offsets count backwards from the
+start of the GOODBYE item to the child's FILENAME header; the tail's offset counts back to
+the directory's own start and its size repeats the size of the GOODBYE item.
+"""
+
+import struct
+import sys
+from array import array
+from collections.abc import Callable, Iterator
+
+from siphash24 import siphash24
+
+from .constants import (
+    GOODBYE_ITEM_SIZE,
+    HASH_KEY_1,
+    HASH_KEY_2,
+    HEADER_SIZE,
+    PXAR_GOODBYE,
+    PXAR_GOODBYE_TAIL_MARKER,
+)
+
+_HASH_KEY = struct.pack("<QQ", HASH_KEY_1, HASH_KEY_2)
+_ITEM = struct.Struct("<QQQ")
+
+
+def hash_filename(name: bytes) -> int:
+    """SipHash-2-4 of a file name under pxar's key, as an unsigned 64-bit integer."""
+    return int.from_bytes(siphash24(name, key=_HASH_KEY).digest(), "little")
+
+
+def bst_permutation(count: int) -> list[int]:
+    """Return ``perm`` with ``perm[slot] = rank``: which sorted element goes to which slot.
+
+    This is the layout of pxar's ``binary_tree_array::copy`` (from casync's camakebst.c):
+    a complete binary tree in heap order whose in-order walk visits the ranks ascending.
+    """
+    perm = [0] * count
+    if count == 0:
+        return perm
+    # Each pending subtree: (element count, first rank, height exponent, slot).
+    pending = [(count, 0, count.bit_length() - 1, 0)]
+    while pending:
+        n, first, exp, slot = pending.pop()
+        full = 1 << exp
+        threshold = full + (full >> 1) - 1
+        left = full - 1 if n > threshold else full - 1 - (threshold - n)
+        perm[slot] = first + left
+        if left > 0:
+            pending.append((left, first, exp - 1, 2 * slot + 1))
+        if left + 1 < n:
+            pending.append((n - left - 1, first + left + 1, exp - 1, 2 * slot + 2))
+    return perm
+
+
+def bst_find(count: int, hash_at: Callable[[int], int], wanted: int) -> Iterator[int]:
+    """Yield every slot whose hash equals ``wanted`` in a table laid out by ``bst_permutation``.
+
+    Names may collide on their 64-bit hash, so the caller checks each candidate's real name;
+    equal hashes can sit in either subtree of a match, hence both are searched.
+    """
+    stack = [0]
+    while stack:
+        slot = stack.pop()
+        while slot < count:
+            current = hash_at(slot)
+            if wanted < current:
+                slot = 2 * slot + 1
+            elif wanted > current:
+                slot = 2 * slot + 2
+            else:
+                yield slot
+                stack.append(2 * slot + 2)
+                slot = 2 * slot + 1
+
+
+def unpack_item(data: bytes | memoryview, at: int = 0) -> tuple[int, int, int]:
+    """Decode one ``(hash, offset, size)`` triple."""
+    return _ITEM.unpack_from(data, at)
+
+
+def encode_goodbye(
+    children: array, goodbye_offset: int, directory_offset: int
+) -> bytes:
+    """Build a whole GOODBYE item (header, ordered child triples, tail).
+
+    ``children`` is a flat ``array('Q')`` of ``hash, absolute FILENAME offset, size``
+    triples in any order; ``goodbye_offset`` is where this item starts in the archive and
+    ``directory_offset`` where the directory itself starts (its ENTRY, or 0 for the root).
+    Equal hashes are ordered by offset so the output is deterministic.
+    """
+    count = len(children) // 3
+    hashes = children[0::3]
+    offsets = children[1::3]
+    sizes = children[2::3]
+    ranked = sorted(range(count), key=lambda i: (hashes[i], offsets[i]))
+    full_size = HEADER_SIZE + GOODBYE_ITEM_SIZE * (count + 1)
+    table = array("Q", bytes(8 * (2 + 3 * (count + 1))))
+    table[0] = PXAR_GOODBYE
+    table[1] = full_size
+    for slot, rank in enumerate(bst_permutation(count)):
+        child = ranked[rank]
+        base = 2 + 3 * slot
+        table[base] = hashes[child]
+        table[base + 1] = goodbye_offset - offsets[child]
+        table[base + 2] = sizes[child]
+    base = 2 + 3 * count
+    table[base] = PXAR_GOODBYE_TAIL_MARKER
+    table[base + 1] = goodbye_offset - directory_offset
+    table[base + 2] = full_size
+    if sys.byteorder == "big":
+        table.byteswap()
+    return table.tobytes()
