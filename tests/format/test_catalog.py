@@ -371,6 +371,21 @@ def test_reader_reads_only_what_it_needs() -> None:
     assert all(0 <= off and off + n <= len(TREE) for off, n in reads)
 
 
+def test_deep_tree_needs_no_recursion() -> None:
+    depth = 3000  # well past Python's default recursion limit
+
+    def build(w: CatalogWriter) -> None:
+        for _ in range(depth):
+            w.start_directory(b"d")
+        w.add_file(b"leaf", 1, -1)
+        for _ in range(depth):
+            w.end_directory()
+
+    items = list(CatalogReader.from_bytes(write_catalog(build)).walk())
+    assert len(items) == depth + 1
+    assert items[-1] == CatalogItem(b"/d" * depth + b"/leaf", EntryType.FILE, 1, -1)
+
+
 # -- round trip on random trees -----------------------------------------------------------
 
 names = (
@@ -378,7 +393,9 @@ names = (
     .map(lambda b: b.replace(b"/", b"_").replace(b"\0", b"_"))
     .filter(lambda b: b not in (b".", b".."))
 )
-file_nodes = st.tuples(names, st.just("f"), st.integers(0, 2**64 - 1), st.integers(-(2**63), 2**63 - 1))
+file_nodes = st.tuples(
+    names, st.just("f"), st.integers(0, 2**64 - 1), st.integers(-(2**63), 2**63 - 1)
+)
 special_nodes = st.tuples(names, st.sampled_from("lhbcps"))
 trees = st.recursive(
     st.one_of(file_nodes, special_nodes),
@@ -502,7 +519,8 @@ def test_shared_subtrees_cannot_blow_up_a_walk() -> None:
         (catalog(block([dir_entry(b"me", 0)]), 8), "bad offset 8"),  # points at itself
         (catalog(block([dir_entry(b"up", 2**40)]), 8), "bad offset"),  # before the file
         (catalog(block([]) + block([dir_entry(b"o", 1)]), 10), "bad offset 9"),  # mid-block
-        (catalog(block([]) + block([dir_entry(b"o", 2)]) + block([]), 10), "runs past"),
+        # a child block whose length reaches into the block that names it
+        (catalog(b"\x03\x00" + block([dir_entry(b"o", 2)]), 10), "runs past"),
         (catalog(varint(11) + varint(2**60) + b"l\x01a", 8), "claims"),  # absurd count
         (catalog(block([b"z\x01a"]), 8), "entry type"),
         (catalog(block([b"l\x00", b"f\x01a\x00\x00"]), 8), "1 to 4095"),  # empty name
@@ -511,7 +529,7 @@ def test_shared_subtrees_cannot_blow_up_a_walk() -> None:
         (catalog(block([b"l\x03a\x00b"]), 8), "invalid entry name"),
         (catalog(block([b"l" + varint(5000) + b"a" * 5000]), 8), "name length 5000"),
         (catalog(block([b"f\x01a\x05"]), 8), "truncated varint"),  # file without mtime
-        (catalog(b"\x06\x02l\x01al\x01b", 8), "name length"),  # table cut inside an entry
+        (catalog(b"\x07\x02l\x01al\x03b", 8), "name length 3"),  # name past the table end
     ],
 )
 def test_malformed_catalogs_raise_format_error(data: bytes, reason: str) -> None:

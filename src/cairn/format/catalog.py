@@ -25,11 +25,15 @@ Varints store 7 bits per byte, least significant group first, with the high bit 
 every byte but the last. Negative i64 values encode their magnitude the same way except
 that the high bit is also set on the last group, followed by one terminating ``0x00`` byte.
 
+PBS (as of 3.2.4, the source these facts come from) has only this version 1 of the format;
+anything with another magic is refused.
+
 Everything a reader gets may be hostile, so the reader checks more than PBS does: every
-block must lie between the magic and the root pointer, a directory's block must end before
-the block that names it, and a full walk requires sibling subtrees to occupy disjoint,
-ascending byte ranges (which is exactly what the writer produces). Together these make a
-walk visit each byte at most once: no cycles, no exponential fan-in, no unbounded memory.
+block must lie between the magic and the trailing root pointer, a directory's block must
+end before the block that names it, names must be possible file names, and a walk
+requires sibling subtrees to occupy disjoint, ascending byte ranges (which is exactly what
+the writer produces). Together these make a walk read each byte at most once: no cycles,
+no exponential fan-in, no allocation beyond what the input really holds.
 """
 
 from __future__ import annotations
