@@ -59,7 +59,7 @@ def reference_id_key(key: bytes) -> bytes:
     block = u = hmac.new(key, b"_id_key" + (1).to_bytes(4, "big"), hashlib.sha256).digest()
     for _ in range(9):
         u = hmac.new(key, u, hashlib.sha256).digest()
-        block = bytes(a ^ b for a, b in zip(block, u))
+        block = bytes(a ^ b for a, b in zip(block, u, strict=True))
     return block
 
 
@@ -74,7 +74,9 @@ def reference_gcm_decrypt(key: bytes, iv: bytes, tag: bytes, ciphertext: bytes) 
 
 def test_fingerprint_input_is_the_pbs_constant():
     assert FINGERPRINT_INPUT == PBS_FINGERPRINT_INPUT
-    assert FINGERPRINT_INPUT == hashlib.sha256(b"Proxmox Backup Encryption Key Fingerprint").digest()
+    assert (
+        FINGERPRINT_INPUT == hashlib.sha256(b"Proxmox Backup Encryption Key Fingerprint").digest()
+    )
 
 
 def test_pbs_fingerprint_vector():

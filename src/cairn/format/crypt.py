@@ -32,7 +32,9 @@ IV_SIZE = 16
 TAG_SIZE = 16
 
 #: SHA-256 of ``b"Proxmox Backup Encryption Key Fingerprint"``; PBS hard-codes the digest.
-FINGERPRINT_INPUT = bytes.fromhex("6ed0ef77471fff4d55c7a8fe4a9db62161407f134c725ddf30992d25ec45ed26")
+FINGERPRINT_INPUT = bytes.fromhex(
+    "6ed0ef77471fff4d55c7a8fe4a9db62161407f134c725ddf30992d25ec45ed26"
+)
 
 _ID_KEY_SALT = b"_id_key"
 _ID_KEY_ITERATIONS = 10

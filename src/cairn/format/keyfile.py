@@ -81,8 +81,13 @@ class ScryptParams:
         """The 32-byte AES key that locks the key file."""
         try:
             return hashlib.scrypt(
-                passphrase, salt=self.salt, n=self.n, r=self.r, p=self.p,
-                maxmem=SCRYPT_MAXMEM, dklen=KEY_SIZE,
+                passphrase,
+                salt=self.salt,
+                n=self.n,
+                r=self.r,
+                p=self.p,
+                maxmem=SCRYPT_MAXMEM,
+                dklen=KEY_SIZE,
             )
         except (ValueError, OverflowError) as err:
             raise FormatError(f"key file has unusable scrypt parameters: {err}") from None
@@ -395,7 +400,7 @@ def _qr_text(lines: list[str]) -> str:
     for y in range(0, len(matrix), 2):
         upper = matrix[y]
         lower = matrix[y + 1] if y + 1 < len(matrix) else bytes(len(upper))
-        rows.append("".join(glyphs[bool(a), bool(b)] for a, b in zip(upper, lower)))
+        rows.append("".join(glyphs[bool(a), bool(b)] for a, b in zip(upper, lower, strict=True)))
     return "\n".join(rows) + "\n"
 
 
@@ -440,8 +445,10 @@ def _kdf_from_json(value: Any) -> KdfParams | None:
     if value is None:
         return None
     if not isinstance(value, dict) or len(value) != 1:
-        raise FormatError("key file field 'kdf' must be null or one of {\"Scrypt\": …}, {\"PBKDF2\": …}")
-    (variant, params), = value.items()
+        raise FormatError(
+            'key file field \'kdf\' must be null or one of {"Scrypt": …}, {"PBKDF2": …}'
+        )
+    ((variant, params),) = value.items()
     if not isinstance(params, dict):
         raise FormatError(f"key file kdf {variant!r} has no parameter object")
     if variant == "Scrypt":
@@ -525,4 +532,3 @@ def _rfc3339_to_epoch(text: str) -> int:
         return calendar.timegm((year, month, day, hour, minute, second)) - offset
     except ValueError:
         raise FormatError(f"timestamp is out of range: {text!r}") from None
-

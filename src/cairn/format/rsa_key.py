@@ -42,7 +42,9 @@ def generate_master_key(passphrase: bytes, bits: int = MASTER_KEY_BITS) -> Maste
     ``bits`` exists so tests can use small, fast keys; keep PBS's 4096 for real keys.
     """
     if len(passphrase) < MIN_PASSPHRASE_LEN:
-        raise UsageError(f"master key passphrase is too short (at least {MIN_PASSPHRASE_LEN} bytes)")
+        raise UsageError(
+            f"master key passphrase is too short (at least {MIN_PASSPHRASE_LEN} bytes)"
+        )
     private = rsa.generate_private_key(public_exponent=PUBLIC_EXPONENT, key_size=bits)
     return MasterKeyPair(
         private_pem=private.private_bytes(
@@ -77,7 +79,8 @@ def rsa_encrypt_key_config(public_pem: bytes, key_config: KeyConfig) -> bytes:
     limit = key.key_size // 8 - 11  # PKCS#1 v1.5 needs 11 bytes of padding
     if len(plaintext) > limit:
         raise CryptError(
-            f"key file JSON ({len(plaintext)} bytes) is too long for a {key.key_size}-bit master key"
+            f"key file JSON ({len(plaintext)} bytes) is too long for a "
+            f"{key.key_size}-bit master key"
         )
     return key.encrypt(plaintext, padding.PKCS1v15())
 
@@ -133,4 +136,6 @@ def _load_private_key(private_pem: bytes, passphrase: bytes | None) -> object:
             pass
     except ValueError:
         pass
-    raise CryptError("failed to read PEM private key (wrong master key passphrase or not a PEM key)")
+    raise CryptError(
+        "failed to read PEM private key (wrong master key passphrase or not a PEM key)"
+    )
