@@ -341,6 +341,7 @@ def _apply_rule(
         if period in covered:
             continue
         if period in chosen:
+            marks[position] = PruneMark.REMOVE
             continue
         if len(chosen) >= periods:
             return
