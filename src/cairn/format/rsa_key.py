@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -62,7 +63,7 @@ def load_master_public_key(public_pem: bytes) -> rsa.RSAPublicKey:
     """Read a master public key, refusing anything but RSA."""
     try:
         key = serialization.load_pem_public_key(public_pem)
-    except ValueError as err:
+    except (ValueError, UnsupportedAlgorithm) as err:
         raise FormatError(f"unable to decode PEM public key: {err}") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise FormatError("master public key is not an RSA key")
@@ -132,9 +133,9 @@ def _load_private_key(private_pem: bytes, passphrase: bytes | None) -> object:
             raise CryptError("master private key is encrypted; a passphrase is needed") from None
         try:
             return serialization.load_pem_private_key(private_pem, password=None)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, UnsupportedAlgorithm):
             pass
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         pass
     raise CryptError(
         "failed to read PEM private key (wrong master key passphrase or not a PEM key)"
