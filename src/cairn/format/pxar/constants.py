@@ -83,7 +83,9 @@ ACL_NO_MASK: Final = 0xFFFF_FFFF_FFFF_FFFF
 # Fixed sizes in bytes.
 HEADER_SIZE: Final = 16  # htype u64 + full size u64 (the size includes the header)
 GOODBYE_ITEM_SIZE: Final = 24  # hash u64 + offset u64 + size u64
-STAT_SIZE: Final = 40  # mode u64, flags u64, uid u32, gid u32, mtime i64 secs + u32 nanos + u32 pad
+STAT_SIZE: Final = (
+    40  # mode u64, flags u64, uid u32, gid u32, mtime i64 secs + u32 nanos + u32 pad
+)
 STAT_V1_SIZE: Final = 32  # mode u64, flags u64, uid u32, gid u32, mtime u64 nanoseconds
 
 # Limits from pxar's util.rs; header sizes above them are rejected as hostile.

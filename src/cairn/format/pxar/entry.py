@@ -25,7 +25,7 @@ class PathNode:
     linear in the archive size; the full path is only built when someone asks for it.
     """
 
-    __slots__ = ("parent", "name", "_path")
+    __slots__ = ("_path", "name", "parent")
 
     def __init__(self, parent: "PathNode | None", name: bytes) -> None:
         self.parent = parent

@@ -100,7 +100,11 @@ def check_header(htype: int, full_size: int, at: int, remaining: int | None) -> 
     if limit is not None and content > limit:
         raise fail(at, htype, f"content size {content} exceeds the limit of {limit}")
     if remaining is not None and full_size > remaining:
-        raise fail(at, htype, f"size {full_size} runs past the end of its range ({remaining} left)")
+        raise fail(
+            at,
+            htype,
+            f"size {full_size} runs past the end of its range ({remaining} left)",
+        )
     return content
 
 
@@ -120,7 +124,9 @@ def _item(htype: int, content: bytes) -> bytes:
 
 def _u64(value: int, what: str) -> int:
     if not 0 <= value < 1 << 64:
-        raise FormatError(f"pxar: {what} {value} does not fit in an unsigned 64-bit field")
+        raise FormatError(
+            f"pxar: {what} {value} does not fit in an unsigned 64-bit field"
+        )
     return value
 
 
@@ -176,7 +182,10 @@ def encode_hardlink(distance: int, target: bytes) -> bytes:
 
 def encode_device(major: int, minor: int) -> bytes:
     """DEVICE item: major and minor number."""
-    return _item(PXAR_DEVICE, _PAIR.pack(_u64(major, "device major"), _u64(minor, "device minor")))
+    return _item(
+        PXAR_DEVICE,
+        _PAIR.pack(_u64(major, "device major"), _u64(minor, "device minor")),
+    )
 
 
 def encode_payload_ref(offset: int, size: int) -> bytes:
@@ -212,7 +221,9 @@ def _encode_acl(acl: Acl) -> list[bytes]:
     for group in acl.groups:
         parts.append(_item(PXAR_ACL_GROUP, _acl_pair(group.gid, group.permissions)))
     if acl.group_obj is not None:
-        parts.append(_item(PXAR_ACL_GROUP_OBJ, _U64.pack(_u64(acl.group_obj, "ACL permission"))))
+        parts.append(
+            _item(PXAR_ACL_GROUP_OBJ, _U64.pack(_u64(acl.group_obj, "ACL permission")))
+        )
     if acl.default is not None:
         d = acl.default
         values = (
@@ -221,11 +232,20 @@ def _encode_acl(acl: Acl) -> list[bytes]:
             d.other_permissions,
             d.mask_permissions,
         )
-        parts.append(_item(PXAR_ACL_DEFAULT, _QUAD.pack(*(_u64(v, "ACL permission") for v in values))))
+        parts.append(
+            _item(
+                PXAR_ACL_DEFAULT,
+                _QUAD.pack(*(_u64(v, "ACL permission") for v in values)),
+            )
+        )
     for user in acl.default_users:
-        parts.append(_item(PXAR_ACL_DEFAULT_USER, _acl_pair(user.uid, user.permissions)))
+        parts.append(
+            _item(PXAR_ACL_DEFAULT_USER, _acl_pair(user.uid, user.permissions))
+        )
     for group in acl.default_groups:
-        parts.append(_item(PXAR_ACL_DEFAULT_GROUP, _acl_pair(group.gid, group.permissions)))
+        parts.append(
+            _item(PXAR_ACL_DEFAULT_GROUP, _acl_pair(group.gid, group.permissions))
+        )
     return parts
 
 
@@ -259,7 +279,9 @@ def parse_stat(htype: int, content: bytes, at: int) -> Metadata:
     mode, flags, uid, gid, secs, nanos, _pad = _STAT.unpack(content)
     if nanos >= _NANOS:
         raise fail(at, htype, f"mtime nanoseconds {nanos} out of range")
-    return Metadata(mode=mode, flags=flags, uid=uid, gid=gid, mtime_ns=secs * _NANOS + nanos)
+    return Metadata(
+        mode=mode, flags=flags, uid=uid, gid=gid, mtime_ns=secs * _NANOS + nanos
+    )
 
 
 def parse_filename(content: bytes, at: int) -> bytes:
@@ -311,8 +333,8 @@ def parse_acl_default(content: bytes, at: int) -> AclDefault:
     return AclDefault(*_QUAD.unpack(content))
 
 
-def apply_attribute(md: Metadata, htype: int, content: bytes, at: int) -> bool:
-    """Add one attribute item to ``md``; False if ``htype`` is not an attribute.
+def apply_attribute(md: Metadata, htype: int, content: bytes, at: int) -> None:
+    """Add one attribute item (XATTR, ACL_*, FCAPS, QUOTA_PROJID) to ``md``.
 
     Single-valued attributes must not repeat: a second one means a corrupt or forged entry.
     """
@@ -339,8 +361,7 @@ def apply_attribute(md: Metadata, htype: int, content: bytes, at: int) -> bool:
         _once(md.quota_project_id, at, htype)
         md.quota_project_id = parse_u64(htype, content, at)
     else:
-        return False
-    return True
+        raise fail(at, htype, "is not an attribute item")
 
 
 def _once(existing: object, at: int, htype: int) -> None:

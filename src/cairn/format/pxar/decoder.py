@@ -1,0 +1,252 @@
+"""Sequential pxar decoder: one pass over a stream, yielding entries in archive order.
+
+It reads the archive exactly once and keeps only the open directories' bookkeeping, so it
+suits verifying, listing or restoring a whole archive from a chunk stream. Goodbye tables are
+checked for shape, child count and tail values, not used. File contents are read on request
+in bounded pieces; whatever the caller leaves unread is skipped.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cairn.errors import FormatError
+
+from .byte_source import ReadFn, StreamSource
+from .constants import (
+    FORMAT_VERSION_1,
+    FORMAT_VERSION_2,
+    GOODBYE_ITEM_SIZE,
+    HEADER_SIZE,
+    PXAR_ENTRY,
+    PXAR_ENTRY_V1,
+    PXAR_FILENAME,
+    PXAR_FORMAT_VERSION,
+    PXAR_GOODBYE,
+    PXAR_GOODBYE_TAIL_MARKER,
+    PXAR_PAYLOAD,
+    PXAR_PAYLOAD_START_MARKER,
+    PXAR_PRELUDE,
+)
+from .entry import Entry, EntryKind, PathNode
+from .entry_parser import Header, ParsedEntry, make_entry, parse_entry
+from .goodbye import unpack_item
+from .items import fail, parse_filename, parse_format_version
+
+_GOODBYE_BLOCK = GOODBYE_ITEM_SIZE * 4096
+
+
+@dataclass(slots=True)
+class _Directory:
+    node: PathNode
+    start: int  # what its goodbye tail must count back to
+    children: int = 0
+
+
+class Decoder:
+    """Iterate over the entries of an archive read through ``read(n)``.
+
+    ``payload_read`` gives the payload stream of a split (version 2) archive; without it the
+    entries are still listed but their contents cannot be read. Iterating yields ``Entry``
+    objects, the root first; ``format_version`` and ``prelude`` are set once the root has
+    been yielded. Any malformation raises ``FormatError`` and ends the iteration.
+    """
+
+    def __init__(self, read: ReadFn, payload_read: ReadFn | None = None) -> None:
+        self._src = StreamSource(read)
+        self._payload = StreamSource(payload_read) if payload_read is not None else None
+        self._payload_started = False
+        self.format_version = FORMAT_VERSION_1
+        self.prelude: bytes | None = None
+        self._current: Entry | None = None
+        self._left = 0  # unread content bytes of the current file
+        self._entries = self._walk()
+
+    def __iter__(self) -> Iterator[Entry]:
+        return self
+
+    def __next__(self) -> Entry:
+        return next(self._entries)
+
+    # --- contents -------------------------------------------------------------------------
+
+    def read_content(self, size: int = 1 << 20) -> bytes:
+        """Up to ``size`` bytes of the file last yielded; ``b""`` once it is all read."""
+        entry = self._current
+        if entry is None or entry.kind is not EntryKind.FILE:
+            raise FormatError("pxar: the current entry is not a regular file")
+        if self._left == 0 or size <= 0:
+            return b""
+        if entry.payload_offset is None:
+            data = self._src.read_some(min(size, self._left))
+        else:
+            payload = self._payload_at(entry)
+            data = payload.read_some(min(size, self._left))
+        self._left -= len(data)
+        return data
+
+    def iter_content(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The rest of the current file's contents in pieces of at most ``chunk_size``."""
+        while chunk := self.read_content(chunk_size):
+            yield chunk
+
+    def _payload_at(self, entry: Entry) -> StreamSource:
+        """The payload stream positioned inside ``entry``'s contents (checking its header)."""
+        payload = self._payload
+        if payload is None:
+            raise FormatError(
+                "pxar: this archive keeps file contents in a payload stream; none was given"
+            )
+        if not self._payload_started:
+            start = payload.read_header()
+            if start is None or start[0] != PXAR_PAYLOAD_START_MARKER or start[1] != 0:
+                raise FormatError(
+                    "pxar: payload stream does not begin with the start marker"
+                )
+            self._payload_started = True
+        if (
+            self._left == entry.size
+        ):  # nothing read yet: go to this file's PAYLOAD header
+            offset = entry.payload_offset
+            if offset is None or offset < payload.position:
+                raise fail(
+                    entry.entry_offset,
+                    None,
+                    f"payload offset {offset} lies before the payload already consumed "
+                    f"({payload.position}); references must increase",
+                )
+            payload.skip(offset - payload.position)
+            found = payload.read_header()
+            if found is None or found[0] != PXAR_PAYLOAD or found[1] != entry.size:
+                raise FormatError(
+                    f"pxar: payload stream at offset {offset} does not hold the "
+                    f"{entry.size}-byte PAYLOAD that entry {entry.path!r} references"
+                )
+        return payload
+
+    # --- walking --------------------------------------------------------------------------
+
+    def _walk(self) -> Iterator[Entry]:
+        src = self._src
+        first = self._start()
+        root = parse_entry(
+            src,
+            first,
+            self.format_version,
+            allow_hardlink=False,
+            end_closes_entry=False,
+        )
+        if root.kind is not EntryKind.DIRECTORY:
+            raise fail(first[2], first[0], "the archive root is not a directory")
+        yield self._emit(root, b"", None, None)
+        stack = [_Directory(PathNode(None, b""), 0)]
+        pending = root.next_header
+        while stack:
+            if pending is None:
+                self._skip_content()
+                pending = src.read_header()
+                if pending is None:
+                    raise FormatError(
+                        f"pxar: archive ends at offset {src.position} inside a directory"
+                    )
+            htype, size, at = pending
+            pending = None
+            if htype == PXAR_GOODBYE:
+                self._check_goodbye(stack.pop(), size, at)
+                continue
+            if htype != PXAR_FILENAME:
+                raise fail(at, htype, "found where a FILENAME or GOODBYE was expected")
+            parent = stack[-1]
+            parent.children += 1
+            name = parse_filename(src.read_exact(size), at)
+            first = src.read_header()
+            if first is None:
+                raise fail(at, htype, "archive ends right after this file name")
+            parsed = parse_entry(
+                src,
+                first,
+                self.format_version,
+                allow_hardlink=True,
+                end_closes_entry=False,
+            )
+            yield self._emit(parsed, name, parent.node, at)
+            if parsed.kind is EntryKind.DIRECTORY:
+                stack.append(
+                    _Directory(PathNode(parent.node, name), parsed.entry_offset)
+                )
+            pending = parsed.next_header
+        self._skip_content()
+        self._current = None
+        if not src.at_end():
+            raise FormatError(
+                f"pxar: unexpected data after the end of the archive at offset {src.position}"
+            )
+
+    def _start(self) -> Header:
+        """Read FORMAT_VERSION and PRELUDE if present; return the root's first header."""
+        src = self._src
+        first = src.read_header()
+        if first is None:
+            raise FormatError("pxar: empty archive")
+        if first[0] == PXAR_FORMAT_VERSION:
+            self.format_version = parse_format_version(
+                src.read_exact(first[1]), first[2]
+            )
+            first = src.read_header()
+            if first is not None and first[0] == PXAR_PRELUDE:
+                if self.format_version < FORMAT_VERSION_2:
+                    raise fail(
+                        first[2], first[0], "prelude in a format version 1 archive"
+                    )
+                self.prelude = src.read_exact(first[1])
+                first = src.read_header()
+            if first is None:
+                raise FormatError("pxar: archive ends before its root entry")
+        if first[0] not in (PXAR_ENTRY, PXAR_ENTRY_V1):
+            raise fail(first[2], first[0], "found where the root ENTRY was expected")
+        return first
+
+    def _emit(
+        self,
+        parsed: ParsedEntry,
+        name: bytes,
+        parent: PathNode | None,
+        file_offset: int | None,
+    ) -> Entry:
+        entry = make_entry(parsed, name, parent, file_offset)
+        self._current = entry
+        self._left = parsed.size if parsed.kind is EntryKind.FILE else 0
+        return entry
+
+    def _skip_content(self) -> None:
+        """Skip what the caller did not read of an inline file's contents."""
+        entry = self._current
+        if entry is not None and self._left and entry.payload_offset is None:
+            self._src.skip(self._left)
+        self._left = 0
+
+    def _check_goodbye(self, directory: _Directory, size: int, at: int) -> None:
+        """Stream through a goodbye table, checking its length and tail record."""
+        if size < GOODBYE_ITEM_SIZE or size % GOODBYE_ITEM_SIZE:
+            raise fail(
+                at, PXAR_GOODBYE, f"table size {size} is not a whole number of records"
+            )
+        if size // GOODBYE_ITEM_SIZE - 1 != directory.children:
+            raise fail(
+                at,
+                PXAR_GOODBYE,
+                f"table has {size // GOODBYE_ITEM_SIZE - 1} records for {directory.children} entries",
+            )
+        remaining = size
+        block = b""
+        while remaining:
+            block = self._src.read_exact(min(remaining, _GOODBYE_BLOCK))
+            remaining -= len(block)
+        marker, offset, full_size = unpack_item(block, len(block) - GOODBYE_ITEM_SIZE)
+        if marker != PXAR_GOODBYE_TAIL_MARKER:
+            raise fail(at, PXAR_GOODBYE, "tail record lacks the tail marker")
+        if offset != at - directory.start or full_size != size + HEADER_SIZE:
+            raise fail(
+                at,
+                PXAR_GOODBYE,
+                "tail record does not match the directory's position or size",
+            )
