@@ -24,22 +24,23 @@ The rules, as implemented by ``pbs-datastore/src/prune.rs``:
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, tzinfo
-import itertools
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
 from cairn.errors import UsageError
 
 __all__ = [
+    "KEEP_ALL_RULE",
+    "MAX_SIMULATED_SNAPSHOTS",
     "KeepOptions",
     "PruneCandidate",
     "PruneDecision",
     "PruneMark",
-    "SnapshotRef",
     "compute_prune_info",
     "prune_json_rows",
     "schedule_from_spec",
@@ -48,7 +49,14 @@ __all__ = [
 ]
 
 # The rule names double as PBS's option names (``keep-daily``) and as display labels.
-_RULE_NAMES = ("keep-last", "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly", "keep-yearly")
+_RULE_NAMES = (
+    "keep-last",
+    "keep-hourly",
+    "keep-daily",
+    "keep-weekly",
+    "keep-monthly",
+    "keep-yearly",
+)
 
 # A rule name shown for snapshots kept because the options keep nothing; the PBS prune
 # simulator uses the same label.
@@ -81,9 +89,13 @@ class KeepOptions:
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
-                raise UsageError(f"{_json_name(field.name)} must be a whole number, not {value!r}")
+                raise UsageError(
+                    f"{_json_name(field.name)} must be a whole number, not {value!r}"
+                )
             if value < 0:
-                raise UsageError(f"{_json_name(field.name)} must not be negative (got {value})")
+                raise UsageError(
+                    f"{_json_name(field.name)} must not be negative (got {value})"
+                )
 
     def keeps_something(self) -> bool:
         """Whether any rule keeps at least one snapshot; if not, PBS keeps everything."""
@@ -92,7 +104,9 @@ class KeepOptions:
     def to_json(self) -> dict[str, int]:
         """PBS's JSON form: kebab-case names, unset options left out."""
         return {
-            name: count for name, count in zip(_RULE_NAMES, self._counts()) if count is not None
+            name: count
+            for name, count in zip(_RULE_NAMES, self._counts())
+            if count is not None
         }
 
     @classmethod
@@ -103,7 +117,9 @@ class KeepOptions:
         ignored so a whole job config can be passed; a misspelt ``keep-*`` name is an error
         rather than a silently ignored rule, since it would delete more than intended.
         """
-        unknown = sorted(k for k in data if k.startswith("keep-") and k not in _RULE_NAMES)
+        unknown = sorted(
+            k for k in data if k.startswith("keep-") and k not in _RULE_NAMES
+        )
         if unknown:
             raise UsageError(
                 f"unknown retention option {unknown[0]!r}; valid are {', '.join(_RULE_NAMES)}"
@@ -111,9 +127,8 @@ class KeepOptions:
         values: dict[str, int | None] = {}
         for name in _RULE_NAMES:
             value = data.get(name)
-            if value is not None and not isinstance(value, bool) and isinstance(value, int):
-                if value < 1:
-                    raise UsageError(f"{name} must be at least 1 (got {value})")
+            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise UsageError(f"{name} must be at least 1 (got {value})")
             values[name.replace("-", "_")] = value
         return cls(**values)
 
@@ -195,17 +210,6 @@ class PruneDecision:
         return self.candidate.ref
 
 
-class SnapshotRef(Protocol):
-    """What :func:`prune_json_rows` needs from a candidate's ``ref``.
-
-    A ``ns`` attribute (the namespace as ``a/b``) is optional and reported when not empty,
-    as PBS does for snapshots outside the root namespace.
-    """
-
-    backup_type: str
-    backup_id: str
-
-
 def _period_keys(tz: tzinfo | None) -> dict[str, Callable[[int], Hashable]]:
     """One function per rule mapping a backup time to the period it belongs to.
 
@@ -217,7 +221,9 @@ def _period_keys(tz: tzinfo | None) -> dict[str, Callable[[int], Hashable]]:
         try:
             return datetime.fromtimestamp(epoch, tz)
         except (OverflowError, OSError, ValueError):
-            raise UsageError(f"backup time {epoch} is outside the supported range") from None
+            raise UsageError(
+                f"backup time {epoch} is outside the supported range"
+            ) from None
 
     def hour(epoch: int) -> Hashable:
         d = local(epoch)
@@ -295,15 +301,19 @@ def _sorted_newest_first(snapshots: Iterable[PruneCandidate]) -> list[PruneCandi
     for candidate in candidates:
         time = candidate.backup_time
         if isinstance(time, bool) or not isinstance(time, int):
-            raise UsageError(f"backup time must be whole seconds since the epoch, not {time!r}")
+            raise UsageError(
+                f"backup time must be whole seconds since the epoch, not {time!r}"
+            )
     candidates.sort(key=lambda c: c.backup_time, reverse=True)
-    for newer, older in zip(candidates, candidates[1:]):
+    for newer, older in itertools.pairwise(candidates):
         if newer.backup_time == older.backup_time:
             raise UsageError(f"two snapshots share the backup time {newer.backup_time}")
     return candidates
 
 
-def _decide_incomplete(newest_first: Sequence[PruneCandidate], marks: list[PruneMark | None]) -> None:
+def _decide_incomplete(
+    newest_first: Sequence[PruneCandidate], marks: list[PruneMark | None]
+) -> None:
     """Keep the newest snapshot if it is incomplete; remove every other incomplete one.
 
     An unfinished newest snapshot may be a backup still running; once a newer backup finished,
@@ -312,7 +322,9 @@ def _decide_incomplete(newest_first: Sequence[PruneCandidate], marks: list[Prune
     """
     for position, candidate in enumerate(newest_first):
         if not candidate.complete:
-            marks[position] = PruneMark.KEEP_PARTIAL if position == 0 else PruneMark.REMOVE
+            marks[position] = (
+                PruneMark.KEEP_PARTIAL if position == 0 else PruneMark.REMOVE
+            )
 
 
 def _apply_rule(
@@ -353,8 +365,9 @@ def _apply_rule(
 def prune_json_rows(decisions: Iterable[PruneDecision]) -> list[dict[str, Any]]:
     """The rows of ``prune --dry-run --output-format json``, named and ordered as PBS does.
 
-    Each decision's ``ref`` must follow :class:`SnapshotRef`; the backup type and id come
-    from there because the engine itself knows only times.
+    The engine knows only times, so the backup type and id come from each decision's
+    ``ref``: its ``backup_type`` (``vm``, ``ct``, ``host``) and ``backup_id`` attributes, and
+    its ``ns`` attribute (``a/b``) if it has one, reported as PBS does when not the root.
     """
     rows = []
     for decision in decisions:
@@ -400,7 +413,9 @@ def simulate_schedule(
     """
     match = _EVERY.fullmatch(every)
     if match is None:
-        raise UsageError(f"cannot read interval {every!r}; use e.g. 30min, 6h, 1d or 1w")
+        raise UsageError(
+            f"cannot read interval {every!r}; use e.g. 30min, 6h, 1d or 1w"
+        )
     amount, unit = int(match.group(1)), match.group(2)
     if amount < 1:
         raise UsageError(f"interval {every!r} must be at least 1{unit}")
@@ -415,23 +430,26 @@ def simulate_schedule(
     if unit in ("min", "h"):
         seconds = amount * (60 if unit == "min" else 3600)
         origin = _epoch(first, tz)
-        times = (origin + k * seconds for k in itertools.count())
+
+        def nth(k: int) -> int:
+            return origin + k * seconds
+
     else:
         days = amount * (7 if unit == "w" else 1)
-        times = (_epoch(first + timedelta(days=k * days), tz) for k in itertools.count())
+
+        def nth(k: int) -> int:
+            return _epoch(first + timedelta(days=k * days), tz)
 
     limit = _epoch(last, tz)
     result: list[int] = []
-    for time in times:
-        if time > limit:
-            return result
+    while (time := nth(len(result))) <= limit:
         if len(result) == MAX_SIMULATED_SNAPSHOTS:
             raise UsageError(
                 f"the schedule yields more than {MAX_SIMULATED_SNAPSHOTS} backups; "
                 "use a longer interval or a shorter time span"
             )
         result.append(time)
-    raise AssertionError("unreachable: the time sequence is endless")
+    return result
 
 
 def _wall_clock(value: str | datetime, tz: tzinfo | None, what: str) -> datetime:
