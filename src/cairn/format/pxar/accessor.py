@@ -339,7 +339,7 @@ class Directory:
         )
 
     def _decode_self(self) -> Entry:
-        src = RangeSource(self._read_at, self.start, self.goodbye_offset + HEADER_SIZE)
+        src = RangeSource(self._read_at, self.start, self.end)
         first = src.read_header()
         if (
             self._node.parent is None

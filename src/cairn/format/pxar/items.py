@@ -74,14 +74,14 @@ MAX_CONTENT: dict[int, int] = {
 }
 
 
-def item_name(htype: int) -> str:
-    """Readable name of an item type for messages."""
-    return ITEM_NAMES.get(htype, f"unknown item {htype:#018x}")
-
-
 def fail(at: int, htype: int | None, problem: str) -> FormatError:
     """A FormatError naming the archive position and item so a bad archive can be examined."""
-    where = f"{item_name(htype)} item" if htype is not None else "item"
+    if htype is None:
+        where = "item"
+    elif htype in ITEM_NAMES:
+        where = f"{ITEM_NAMES[htype]} item"
+    else:
+        where = f"item of type {htype:#018x}"
     return FormatError(f"pxar: {where} at offset {at}: {problem}")
 
 
@@ -92,7 +92,7 @@ def check_header(htype: int, full_size: int, at: int, remaining: int | None) -> 
     or None for a stream whose length is unknown (reads then fail at the real end).
     """
     if htype not in ITEM_NAMES:
-        raise fail(at, htype, "unknown item type")
+        raise fail(at, htype, "no such item type exists")
     if full_size < HEADER_SIZE:
         raise fail(at, htype, f"size {full_size} is smaller than the item header")
     content = full_size - HEADER_SIZE
@@ -117,7 +117,7 @@ def _item(htype: int, content: bytes) -> bytes:
     limit = MAX_CONTENT.get(htype)
     if limit is not None and len(content) > limit:
         raise FormatError(
-            f"pxar: {item_name(htype)} content of {len(content)} bytes exceeds the limit of {limit}"
+            f"pxar: {ITEM_NAMES[htype]} content of {len(content)} bytes exceeds the limit of {limit}"
         )
     return header(htype, len(content)) + content
 
