@@ -13,6 +13,12 @@ from hypothesis import strategies as st
 
 from cairn.errors import FormatError
 from cairn.format.pxar import (
+    S_IFBLK,
+    S_IFDIR,
+    S_IFIFO,
+    S_IFLNK,
+    S_IFREG,
+    S_IFSOCK,
     Accessor,
     Acl,
     AclDefault,
@@ -21,12 +27,6 @@ from cairn.format.pxar import (
     Encoder,
     EntryKind,
     Metadata,
-    S_IFBLK,
-    S_IFDIR,
-    S_IFIFO,
-    S_IFLNK,
-    S_IFREG,
-    S_IFSOCK,
 )
 from cairn.format.pxar import constants as c
 
@@ -57,10 +57,16 @@ def seed_archive(split: bool) -> tuple[bytes, bytes]:
         payload_write=payload.extend if split else None,
         prelude=b"prelude" if split else None,
     )
-    target = enc.add_file(b"a", md(S_IFREG | 0o644, xattrs=[(b"user.k", b"v")]), 11, b"hello world")
+    target = enc.add_file(
+        b"a", md(S_IFREG | 0o644, xattrs=[(b"user.k", b"v")]), 11, b"hello world"
+    )
     enc.add_device(b"blk", md(S_IFBLK | 0o600), 8, 0)
-    with enc.directory(b"d", md(S_IFDIR | 0o700, acl=Acl(users=[AclUser(5, 7)], group_obj=5))):
-        enc.add_file(b"f", md(S_IFREG, fcaps=b"\x01\x00\x00\x02", quota_project_id=9), 3, b"xyz")
+    with enc.directory(
+        b"d", md(S_IFDIR | 0o700, acl=Acl(users=[AclUser(5, 7)], group_obj=5))
+    ):
+        enc.add_file(
+            b"f", md(S_IFREG, fcaps=b"\x01\x00\x00\x02", quota_project_id=9), 3, b"xyz"
+        )
         enc.add_hardlink(b"h", b"/a", target)
         with enc.directory(b"sub", md(S_IFDIR)):
             enc.add_fifo(b"p", md(S_IFIFO))
@@ -71,12 +77,26 @@ def seed_archive(split: bool) -> tuple[bytes, bytes]:
 
 
 SEEDS = {False: seed_archive(False), True: seed_archive(True)}
-PATHS = [b"/", b"a", b"blk", b"d", b"d/f", b"d/h", b"d/sub", b"d/sub/p", b"s", b"z", b"nope"]
+PATHS = [
+    b"/",
+    b"a",
+    b"blk",
+    b"d",
+    b"d/f",
+    b"d/h",
+    b"d/sub",
+    b"d/sub/p",
+    b"s",
+    b"z",
+    b"nope",
+]
 INTERESTING = [0, 1, 15, 16, 17, 23, 24, 25, 40, 4097, 2**31, 2**63, 2**64 - 1]
 
 
 def run_decoder(meta: bytes, payload: bytes | None) -> None:
-    dec = Decoder(io.BytesIO(meta).read, io.BytesIO(payload).read if payload is not None else None)
+    dec = Decoder(
+        io.BytesIO(meta).read, io.BytesIO(payload).read if payload is not None else None
+    )
     for entry in dec:
         _ = entry.path
         if entry.kind is EntryKind.FILE:
@@ -88,7 +108,9 @@ def run_accessor(meta: bytes, payload: bytes | None) -> None:
     acc = Accessor(
         lambda o, n: meta[o : o + n],
         len(meta),
-        payload_read_at=(lambda o, n: payload[o : o + n]) if payload is not None else None,
+        payload_read_at=(lambda o, n: payload[o : o + n])
+        if payload is not None
+        else None,
         payload_size=len(payload or b""),
     )
     acc.prelude()
@@ -142,10 +164,14 @@ def mutate(data: bytes, edits, u64_edits, cut) -> bytes:
     return bytes(buf)
 
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 edits = st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 255)), max_size=6)
 u64_edits = st.lists(
-    st.tuples(st.integers(0, 2**12), st.sampled_from(INTERESTING) | st.integers(0, 2**64 - 1)),
+    st.tuples(
+        st.integers(0, 2**12), st.sampled_from(INTERESTING) | st.integers(0, 2**64 - 1)
+    ),
     max_size=3,
 )
 cuts = st.none() | st.integers(0, 2**16)
@@ -179,7 +205,9 @@ def forged_items(draw) -> bytes:
     """Well-framed items of random types and contents: reaches deeper than random bytes."""
     out = b""
     for htype, content in draw(
-        st.lists(st.tuples(st.sampled_from(ITEM_TYPES), st.binary(max_size=48)), max_size=12)
+        st.lists(
+            st.tuples(st.sampled_from(ITEM_TYPES), st.binary(max_size=48)), max_size=12
+        )
     ):
         out += struct.pack("<QQ", htype, len(content) + 16) + content
     return out

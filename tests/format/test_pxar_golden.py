@@ -13,16 +13,18 @@ from siphash24 import siphash24
 
 from cairn.errors import FormatError
 from cairn.format.pxar import (
+    S_IFDIR,
+    S_IFLNK,
+    S_IFREG,
     Accessor,
     Decoder,
     Encoder,
     EntryKind,
     Metadata,
-    S_IFDIR,
-    S_IFLNK,
-    S_IFREG,
-    constants as c,
     hash_filename,
+)
+from cairn.format.pxar import (
+    constants as c,
 )
 from cairn.format.pxar.goodbye import bst_find, bst_permutation
 
@@ -83,12 +85,24 @@ def test_item_type_values_from_pxar_source():
 
 
 def test_mode_bits_are_linux_values():
-    assert (c.S_IFMT, c.S_IFSOCK, c.S_IFLNK, c.S_IFREG) == (0o170000, 0o140000, 0o120000, 0o100000)
-    assert (c.S_IFBLK, c.S_IFDIR, c.S_IFCHR, c.S_IFIFO) == (0o060000, 0o040000, 0o020000, 0o010000)
+    assert (c.S_IFMT, c.S_IFSOCK, c.S_IFLNK, c.S_IFREG) == (
+        0o170000,
+        0o140000,
+        0o120000,
+        0o100000,
+    )
+    assert (c.S_IFBLK, c.S_IFDIR, c.S_IFCHR, c.S_IFIFO) == (
+        0o060000,
+        0o040000,
+        0o020000,
+        0o010000,
+    )
     assert (c.S_ISUID, c.S_ISGID, c.S_ISVTX) == (0o4000, 0o2000, 0o1000)
 
 
-@pytest.mark.parametrize("name", [b"", b"a", b"file.txt", b"\xff\x00binary", b"x" * 4096])
+@pytest.mark.parametrize(
+    "name", [b"", b"a", b"file.txt", b"\xff\x00binary", b"x" * 4096]
+)
 def test_hash_filename_matches_reference(name):
     assert hash_filename(name) == sip(name)
 
@@ -177,10 +191,14 @@ def hdr(htype: int, content_len: int) -> bytes:
 
 def stat(mode: int, uid: int, gid: int, secs: int, nanos: int) -> bytes:
     # Stat: mode u64, flags u64, uid u32, gid u32, StatxTimestamp { secs i64, nanos u32, pad u32 }
-    return hdr(c.PXAR_ENTRY, 40) + struct.pack("<QQIIqII", mode, 0, uid, gid, secs, nanos, 0)
+    return hdr(c.PXAR_ENTRY, 40) + struct.pack(
+        "<QQIIqII", mode, 0, uid, gid, secs, nanos, 0
+    )
 
 
-def goodbye(items: list[tuple[bytes, int, int]], goodbye_at: int, dir_start: int) -> bytes:
+def goodbye(
+    items: list[tuple[bytes, int, int]], goodbye_at: int, dir_start: int
+) -> bytes:
     """items: (name, absolute FILENAME offset, size). Sorted by hash, then BST order."""
     ranked = sorted((sip(name), off, size) for name, off, size in items)
     full = 16 + 24 * (len(items) + 1)
@@ -188,13 +206,21 @@ def goodbye(items: list[tuple[bytes, int, int]], goodbye_at: int, dir_start: int
     for rank in inorder_ranks(len(ranked)):  # slot by slot: which rank sits there
         h, off, size = ranked[rank]
         out += struct.pack("<QQQ", h, goodbye_at - off, size)
-    return out + struct.pack("<QQQ", c.PXAR_GOODBYE_TAIL_MARKER, goodbye_at - dir_start, full)
+    return out + struct.pack(
+        "<QQQ", c.PXAR_GOODBYE_TAIL_MARKER, goodbye_at - dir_start, full
+    )
 
 
-ROOT_MD = Metadata(mode=S_IFDIR | 0o755, uid=1000, gid=1000, mtime_ns=MAY_1_2015_1530 * 10**9 + 10**6)
-FILE_MD = Metadata(mode=S_IFREG | 0o644, uid=1000, gid=1000, mtime_ns=MAY_1_2015_1530 * 10**9)
+ROOT_MD = Metadata(
+    mode=S_IFDIR | 0o755, uid=1000, gid=1000, mtime_ns=MAY_1_2015_1530 * 10**9 + 10**6
+)
+FILE_MD = Metadata(
+    mode=S_IFREG | 0o644, uid=1000, gid=1000, mtime_ns=MAY_1_2015_1530 * 10**9
+)
 LINK_MD = Metadata(mode=S_IFLNK | 0o777, uid=0, gid=0, mtime_ns=0)
-SUB_MD = Metadata(mode=S_IFDIR | 0o700, uid=1, gid=2, mtime_ns=-1)  # one ns before the epoch
+SUB_MD = Metadata(
+    mode=S_IFDIR | 0o700, uid=1, gid=2, mtime_ns=-1
+)  # one ns before the epoch
 CONTENT = b"This is a small text file.\n"
 
 
@@ -214,10 +240,16 @@ def expected_tiny_archive() -> bytes:
     sub_at = len(out)
     out += hdr(c.PXAR_FILENAME, 4) + b"sub\0"
     sub_entry = len(out)
-    out += stat(S_IFDIR | 0o700, 1, 2, -1, 999_999_999)  # -1 ns = secs -1 + 999999999 ns
+    out += stat(
+        S_IFDIR | 0o700, 1, 2, -1, 999_999_999
+    )  # -1 ns = secs -1 + 999999999 ns
     out += goodbye([], len(out), sub_entry)
     sub_size = len(out) - sub_at
-    items = [(b"file.txt", file_at, file_size), (b"link", link_at, link_size), (b"sub", sub_at, sub_size)]
+    items = [
+        (b"file.txt", file_at, file_size),
+        (b"link", link_at, link_size),
+        (b"sub", sub_at, sub_size),
+    ]
     out += goodbye(items, len(out), 0)
     return out
 
@@ -317,7 +349,10 @@ def test_split_archive_bytes():
 
 def _with_content(dec):
     for entry in dec:
-        yield entry, (dec.read_content(1 << 20) if entry.kind is EntryKind.FILE else None)
+        yield (
+            entry,
+            (dec.read_content(1 << 20) if entry.kind is EntryKind.FILE else None),
+        )
 
 
 def test_metadata_item_order_and_layout():
@@ -343,7 +378,9 @@ def test_metadata_item_order_and_layout():
         ),
         quota_project_id=99,
     )
-    expected = hdr(c.PXAR_ENTRY, 40) + struct.pack("<QQIIqII", S_IFREG | 0o640, 7, 3, 4, 5, 6, 0)
+    expected = hdr(c.PXAR_ENTRY, 40) + struct.pack(
+        "<QQIIqII", S_IFREG | 0o640, 7, 3, 4, 5, 6, 0
+    )
     expected += hdr(c.PXAR_XATTR, 8) + b"user.b\x002"
     expected += hdr(c.PXAR_XATTR, 7) + b"user.a\x00"
     expected += hdr(c.PXAR_ACL_USER, 16) + struct.pack("<QQ", 10, 7)
@@ -396,8 +433,11 @@ def test_device_hardlink_fifo_socket_layout():
 
 def test_entry_v1_archive_decodes():
     """Old archives use ENTRY_V1, whose mtime is a plain u64 of nanoseconds (pxar tests/compat.rs)."""
-    v1 = lambda mode: hdr(c.PXAR_ENTRY_V1, 32) + struct.pack(  # noqa: E731
-        "<QQIIQ", mode, 0, 1000, 1000, MAY_1_2015_1530 * 10**9
+    v1 = lambda mode: (
+        hdr(c.PXAR_ENTRY_V1, 32)
+        + struct.pack(  # noqa: E731
+            "<QQIIQ", mode, 0, 1000, 1000, MAY_1_2015_1530 * 10**9
+        )
     )
     data = v1(S_IFDIR | 0o755)
     file_at = len(data)
@@ -406,7 +446,9 @@ def test_entry_v1_archive_decodes():
     data += goodbye([(b"file.txt", file_at, len(data) - file_at)], len(data), 0)
     dec = Decoder(io.BytesIO(data).read)
     root, (file, content) = next(dec), next(_with_content(dec))
-    assert root.metadata == Metadata(mode=S_IFDIR | 0o755, uid=1000, gid=1000, mtime_ns=MAY_1_2015_1530 * 10**9)
+    assert root.metadata == Metadata(
+        mode=S_IFDIR | 0o755, uid=1000, gid=1000, mtime_ns=MAY_1_2015_1530 * 10**9
+    )
     assert file.name == b"file.txt" and content == CONTENT
     assert list(dec) == []
     acc = Accessor(lambda o, n: data[o : o + n], len(data))
@@ -425,7 +467,9 @@ def test_negative_mtime_split_like_statx():
 
 
 def test_unknown_format_version_rejected():
-    data = hdr(c.PXAR_FORMAT_VERSION, 8) + struct.pack("<Q", 3) + expected_tiny_archive()
+    data = (
+        hdr(c.PXAR_FORMAT_VERSION, 8) + struct.pack("<Q", 3) + expected_tiny_archive()
+    )
     with pytest.raises(FormatError, match="version 3"):
         list(Decoder(io.BytesIO(data).read))
     with pytest.raises(FormatError, match="version 3"):

@@ -8,6 +8,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cairn.format.pxar import (
+    S_IFBLK,
+    S_IFCHR,
+    S_IFDIR,
+    S_IFIFO,
+    S_IFLNK,
+    S_IFREG,
+    S_IFSOCK,
     Accessor,
     Acl,
     AclDefault,
@@ -17,13 +24,6 @@ from cairn.format.pxar import (
     Encoder,
     EntryKind,
     Metadata,
-    S_IFBLK,
-    S_IFCHR,
-    S_IFDIR,
-    S_IFIFO,
-    S_IFLNK,
-    S_IFREG,
-    S_IFSOCK,
 )
 from cairn.format.pxar import constants as c
 
@@ -62,7 +62,9 @@ acls = st.builds(
 
 
 def metadata(file_type: int | st.SearchStrategy) -> st.SearchStrategy:
-    types = file_type if isinstance(file_type, st.SearchStrategy) else st.just(file_type)
+    types = (
+        file_type if isinstance(file_type, st.SearchStrategy) else st.just(file_type)
+    )
     return st.builds(
         Metadata,
         mode=st.tuples(types, st.integers(0, 0o7777)).map(lambda t: t[0] | t[1]),
@@ -78,9 +80,25 @@ def metadata(file_type: int | st.SearchStrategy) -> st.SearchStrategy:
 
 
 leaves = st.one_of(
-    st.builds(Node, st.just(EntryKind.FILE), metadata(S_IFREG), content=st.binary(max_size=200), reuse=st.booleans()),
-    st.builds(Node, st.just(EntryKind.SYMLINK), metadata(S_IFLNK), target=st.binary(max_size=40).filter(lambda b: b"\0" not in b)),
-    st.builds(Node, st.just(EntryKind.DEVICE), metadata(st.sampled_from([S_IFBLK, S_IFCHR])), device=st.tuples(U64, U64)),
+    st.builds(
+        Node,
+        st.just(EntryKind.FILE),
+        metadata(S_IFREG),
+        content=st.binary(max_size=200),
+        reuse=st.booleans(),
+    ),
+    st.builds(
+        Node,
+        st.just(EntryKind.SYMLINK),
+        metadata(S_IFLNK),
+        target=st.binary(max_size=40).filter(lambda b: b"\0" not in b),
+    ),
+    st.builds(
+        Node,
+        st.just(EntryKind.DEVICE),
+        metadata(st.sampled_from([S_IFBLK, S_IFCHR])),
+        device=st.tuples(U64, U64),
+    ),
     st.builds(Node, st.just(EntryKind.FIFO), metadata(S_IFIFO)),
     st.builds(Node, st.just(EntryKind.SOCKET), metadata(S_IFSOCK)),
     st.builds(Node, st.just(EntryKind.HARDLINK), pick=st.integers(0, 100)),
@@ -88,7 +106,12 @@ leaves = st.one_of(
 
 
 def directory(children: st.SearchStrategy) -> st.SearchStrategy:
-    return st.builds(Node, st.just(EntryKind.DIRECTORY), metadata(S_IFDIR), children=st.dictionaries(names, children, max_size=6))
+    return st.builds(
+        Node,
+        st.just(EntryKind.DIRECTORY),
+        metadata(S_IFDIR),
+        children=st.dictionaries(names, children, max_size=6),
+    )
 
 
 trees = directory(st.recursive(leaves, directory, max_leaves=30))
@@ -124,7 +147,9 @@ def build(tree: Node, split: bool) -> Built:
                     continue
                 target_path, target_offset, _ = files[child.pick % len(files)]
                 enc.add_hardlink(name, target_path, target_offset)
-                expected.append((sub, child.kind, None, None, target_path, None, target_offset))
+                expected.append(
+                    (sub, child.kind, None, None, target_path, None, target_offset)
+                )
             elif child.kind is EntryKind.DIRECTORY:
                 enc.create_directory(name, child.md)
                 expected.append((sub, child.kind, child.md, None, None, None, None))
@@ -135,18 +160,29 @@ def build(tree: Node, split: bool) -> Built:
                     # As PBS's metadata mode does: reference first, then inject and advance.
                     at = enc.payload_position
                     offset = enc.add_payload_ref(name, child.md, len(child.content), at)
-                    payload.extend(struct.pack("<QQ", c.PXAR_PAYLOAD, 16 + len(child.content)) + child.content)
+                    payload.extend(
+                        struct.pack("<QQ", c.PXAR_PAYLOAD, 16 + len(child.content))
+                        + child.content
+                    )
                     enc.advance(16 + len(child.content))
                 else:
-                    offset = enc.add_file(name, child.md, len(child.content), child.content)
+                    offset = enc.add_file(
+                        name, child.md, len(child.content), child.content
+                    )
                 files.append((sub, offset, child.content))
-                expected.append((sub, child.kind, child.md, child.content, None, None, None))
+                expected.append(
+                    (sub, child.kind, child.md, child.content, None, None, None)
+                )
             elif child.kind is EntryKind.SYMLINK:
                 enc.add_symlink(name, child.md, child.target)
-                expected.append((sub, child.kind, child.md, None, child.target, None, None))
+                expected.append(
+                    (sub, child.kind, child.md, None, child.target, None, None)
+                )
             elif child.kind is EntryKind.DEVICE:
                 enc.add_device(name, child.md, *child.device)
-                expected.append((sub, child.kind, child.md, None, None, child.device, None))
+                expected.append(
+                    (sub, child.kind, child.md, None, None, child.device, None)
+                )
             elif child.kind is EntryKind.FIFO:
                 enc.add_fifo(name, child.md)
                 expected.append((sub, child.kind, child.md, None, None, None, None))
@@ -157,7 +193,9 @@ def build(tree: Node, split: bool) -> Built:
 
     walk(tree, b"/")
     enc.finish()
-    return Built(bytes(meta), bytes(payload), expected, {p: o for p, o, _ in files}, listing)
+    return Built(
+        bytes(meta), bytes(payload), expected, {p: o for p, o, _ in files}, listing
+    )
 
 
 def trickle(data: bytes, step: int):
@@ -167,15 +205,32 @@ def trickle(data: bytes, step: int):
 
 
 def decode_all(built: Built, step: int, piece: int) -> list:
-    dec = Decoder(trickle(built.meta, step), trickle(built.payload, step) if built.payload else None)
+    dec = Decoder(
+        trickle(built.meta, step),
+        trickle(built.payload, step) if built.payload else None,
+    )
     got = []
     for e in dec:
-        content = b"".join(dec.iter_content(piece)) if e.kind is EntryKind.FILE else None
-        got.append((e.path, e.kind, e.metadata, content, e.link_target, e.device, e.link_offset))
+        content = (
+            b"".join(dec.iter_content(piece)) if e.kind is EntryKind.FILE else None
+        )
+        got.append(
+            (
+                e.path,
+                e.kind,
+                e.metadata,
+                content,
+                e.link_target,
+                e.device,
+                e.link_offset,
+            )
+        )
     return got
 
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @FAST
@@ -189,7 +244,9 @@ def test_encode_decode_roundtrip(tree, split, step, piece):
 @given(trees, st.booleans())
 def test_decoder_skips_unread_contents(tree, split):
     built = build(tree, split)
-    dec = Decoder(io.BytesIO(built.meta).read, io.BytesIO(built.payload).read if split else None)
+    dec = Decoder(
+        io.BytesIO(built.meta).read, io.BytesIO(built.payload).read if split else None
+    )
     paths = []
     for i, e in enumerate(dec):
         paths.append(e.path)
@@ -208,11 +265,21 @@ def test_accessor_finds_every_path(tree, split):
         payload_read_at=(lambda o, n: built.payload[o : o + n]) if split else None,
         payload_size=len(built.payload),
     )
-    contents = {path: content for path, kind, _, content, *_ in built.expected if kind is EntryKind.FILE}
+    contents = {
+        path: content
+        for path, kind, _, content, *_ in built.expected
+        if kind is EntryKind.FILE
+    }
     for path, kind, md, content, link_target, device, link_offset in built.expected:
         e = acc.lookup(path)
         assert e is not None, path
-        assert (e.path, e.kind, e.metadata, e.link_target, e.device) == (path, kind, md, link_target, device)
+        assert (e.path, e.kind, e.metadata, e.link_target, e.device) == (
+            path,
+            kind,
+            md,
+            link_target,
+            device,
+        )
         if kind is EntryKind.FILE:
             assert e.file_offset == built.offsets[path]
             assert b"".join(acc.open_file(e).chunks(7)) == content
@@ -237,7 +304,12 @@ def test_lookup_in_large_archive_touches_few_ranges():
     for d in range(20):
         with enc.directory(b"dir%02d" % d, Metadata(mode=S_IFDIR | 0o755)):
             for f in range(300):
-                enc.add_file(b"f%04d" % f, Metadata(mode=S_IFREG | 0o644), 100, bytes([f % 256]) * 100)
+                enc.add_file(
+                    b"f%04d" % f,
+                    Metadata(mode=S_IFREG | 0o644),
+                    100,
+                    bytes([f % 256]) * 100,
+                )
     enc.finish()
     data = bytes(meta)
     reads = []

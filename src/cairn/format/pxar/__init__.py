@@ -1,8 +1,23 @@
 """The pxar archive format of Proxmox Backup Server: encoder, decoder and random access.
 
-Pure codec: bytes in through callables, bytes out through callables; no file system.
+Pure codec: bytes come in through callables and go out through callables; no file system.
 ``Encoder`` writes an archive while the caller walks a tree, ``Decoder`` reads one in a
-single pass, ``Accessor`` looks up single paths through the goodbye tables.
+single pass (and verifies its goodbye tables), ``Accessor`` looks up single paths through
+the goodbye tables and reads file contents by range.
+
+Encoding (names in each directory strictly increasing, as bytes)::
+
+    enc = Encoder(out.write, Metadata(mode=S_IFDIR | 0o755))
+    offset = enc.add_file(b"bunzip2", Metadata(mode=S_IFREG | 0o755), size, chunks)
+    with enc.directory(b"usr", Metadata(mode=S_IFDIR | 0o755)):
+        enc.add_hardlink(b"bzip2", b"/bunzip2", offset)
+    enc.finish()
+
+Random access::
+
+    acc = Accessor(read_at, size)
+    entry = acc.lookup(b"/usr/bzip2")
+    data = acc.open_file(acc.follow_hardlink(entry)).read_at(0, 4096)
 """
 
 from .accessor import Accessor, Directory, FileContents

@@ -186,6 +186,8 @@ class FileContents:
 
     def chunks(self, chunk_size: int = 1 << 20, offset: int = 0) -> Iterator[bytes]:
         """The contents from ``offset`` on, in pieces of at most ``chunk_size`` bytes."""
+        if chunk_size <= 0:
+            raise UsageError("chunk size must be positive")
         while offset < self.size:
             data = self.read_at(offset, chunk_size)
             offset += len(data)

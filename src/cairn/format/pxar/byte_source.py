@@ -37,10 +37,6 @@ class StreamSource:
         self._off = 0
         self.position = 0
 
-    def remaining(self) -> int | None:
-        """Unknown for a stream."""
-        return None
-
     def _available(self) -> int:
         return len(self._buf) - self._off
 
@@ -130,9 +126,6 @@ class RangeSource:
         self._readahead = readahead
         self._window = b""
         self._window_start = start
-
-    def remaining(self) -> int:
-        return self.end - self.position
 
     def read_exact(self, size: int) -> bytes:
         """Exactly ``size`` bytes inside the range, or FormatError."""

@@ -2,14 +2,18 @@
 
 It reads the archive exactly once and keeps only the open directories' bookkeeping, so it
 suits verifying, listing or restoring a whole archive from a chunk stream. Goodbye tables are
-checked for shape, child count and tail values, not used. File contents are read on request
-in bounded pieces; whatever the caller leaves unread is skipped.
+not needed for that, but they are verified record by record against the entries just read
+(hash, offset, size, search-tree order, tail), so an archive this decoder accepts also works
+for random access. File contents are read on request in bounded pieces; whatever the caller
+leaves unread is skipped.
 """
 
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from cairn.errors import FormatError
+from cairn.errors import FormatError, UsageError
 
 from .byte_source import ReadFn, StreamSource
 from .constants import (
@@ -29,17 +33,33 @@ from .constants import (
 )
 from .entry import Entry, EntryKind, PathNode
 from .entry_parser import Header, ParsedEntry, make_entry, parse_entry
-from .goodbye import unpack_item
-from .items import fail, parse_filename, parse_format_version
+from .goodbye import hash_filename, hashes_in_table_order, iter_items
+from .items import HEADER, fail, parse_filename, parse_format_version
 
 _GOODBYE_BLOCK = GOODBYE_ITEM_SIZE * 4096
 
 
 @dataclass(slots=True)
 class _Directory:
+    """An open directory and what its goodbye table must say about each child."""
+
     node: PathNode
-    start: int  # what its goodbye tail must count back to
-    children: int = 0
+    start: int  # what its goodbye tail must count back to: its ENTRY, or 0 for the root
+    file_offset: int  # its FILENAME in the parent
+    name_hash: int
+    # Per child, in archive order: FILENAME offset, name hash, goodbye size. pxar writes a
+    # PAYLOAD_REF file's size with or without its contents depending on how it was added,
+    # so two sizes are acceptable there.
+    offsets: array = field(default_factory=lambda: array("Q"))
+    hashes: array = field(default_factory=lambda: array("Q"))
+    sizes: array = field(default_factory=lambda: array("Q"))
+    alt_sizes: array = field(default_factory=lambda: array("Q"))
+
+    def add(self, name_hash: int, offset: int, size: int, alt_size: int) -> None:
+        self.offsets.append(offset)
+        self.hashes.append(name_hash)
+        self.sizes.append(size)
+        self.alt_sizes.append(alt_size)
 
 
 class Decoder:
@@ -73,7 +93,7 @@ class Decoder:
         """Up to ``size`` bytes of the file last yielded; ``b""`` once it is all read."""
         entry = self._current
         if entry is None or entry.kind is not EntryKind.FILE:
-            raise FormatError("pxar: the current entry is not a regular file")
+            raise UsageError("the current pxar entry is not a regular file")
         if self._left == 0 or size <= 0:
             return b""
         if entry.payload_offset is None:
@@ -86,6 +106,8 @@ class Decoder:
 
     def iter_content(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """The rest of the current file's contents in pieces of at most ``chunk_size``."""
+        if chunk_size <= 0:
+            raise UsageError("chunk size must be positive")
         while chunk := self.read_content(chunk_size):
             yield chunk
 
@@ -97,8 +119,8 @@ class Decoder:
                 "pxar: this archive keeps file contents in a payload stream; none was given"
             )
         if not self._payload_started:
-            start = payload.read_header()
-            if start is None or start[0] != PXAR_PAYLOAD_START_MARKER or start[1] != 0:
+            start = HEADER.unpack(payload.read_exact(HEADER_SIZE))
+            if start != (PXAR_PAYLOAD_START_MARKER, HEADER_SIZE):
                 raise FormatError(
                     "pxar: payload stream does not begin with the start marker"
                 )
@@ -138,7 +160,7 @@ class Decoder:
         if root.kind is not EntryKind.DIRECTORY:
             raise fail(first[2], first[0], "the archive root is not a directory")
         yield self._emit(root, b"", None, None)
-        stack = [_Directory(PathNode(None, b""), 0)]
+        stack = [_Directory(PathNode(None, b""), 0, 0, 0)]
         pending = root.next_header
         while stack:
             if pending is None:
@@ -151,12 +173,15 @@ class Decoder:
             htype, size, at = pending
             pending = None
             if htype == PXAR_GOODBYE:
-                self._check_goodbye(stack.pop(), size, at)
+                closed = stack.pop()
+                self._check_goodbye(closed, size, at)
+                if stack:
+                    span = at + HEADER_SIZE + size - closed.file_offset
+                    stack[-1].add(closed.name_hash, closed.file_offset, span, span)
                 continue
             if htype != PXAR_FILENAME:
                 raise fail(at, htype, "found where a FILENAME or GOODBYE was expected")
             parent = stack[-1]
-            parent.children += 1
             name = parse_filename(src.read_exact(size), at)
             first = src.read_header()
             if first is None:
@@ -168,11 +193,14 @@ class Decoder:
                 allow_hardlink=True,
                 end_closes_entry=False,
             )
-            yield self._emit(parsed, name, parent.node, at)
+            name_hash = hash_filename(name)
             if parsed.kind is EntryKind.DIRECTORY:
-                stack.append(
-                    _Directory(PathNode(parent.node, name), parsed.entry_offset)
-                )
+                node = PathNode(parent.node, name)
+                stack.append(_Directory(node, parsed.entry_offset, at, name_hash))
+            else:
+                end, alt_end = self._entry_end(parsed)
+                parent.add(name_hash, at, end - at, alt_end - at)
+            yield self._emit(parsed, name, parent.node, at)
             pending = parsed.next_header
         self._skip_content()
         self._current = None
@@ -224,27 +252,78 @@ class Decoder:
             self._src.skip(self._left)
         self._left = 0
 
+    def _entry_end(self, parsed: ParsedEntry) -> tuple[int, int]:
+        """Where a non-directory entry ends, as its goodbye record may state it."""
+        if parsed.content_offset is not None:
+            end = parsed.content_offset + parsed.size
+            return end, end
+        if (
+            parsed.next_header is not None
+        ):  # fifo or socket: ends where the next item starts
+            return parsed.next_header[2], parsed.next_header[2]
+        end = self._src.position
+        return end, end + (parsed.size if parsed.payload_offset is not None else 0)
+
     def _check_goodbye(self, directory: _Directory, size: int, at: int) -> None:
-        """Stream through a goodbye table, checking its length and tail record."""
+        """Stream through a goodbye table and check every record against the entries."""
         if size < GOODBYE_ITEM_SIZE or size % GOODBYE_ITEM_SIZE:
             raise fail(
                 at, PXAR_GOODBYE, f"table size {size} is not a whole number of records"
             )
-        if size // GOODBYE_ITEM_SIZE - 1 != directory.children:
+        count = len(directory.offsets)
+        if size // GOODBYE_ITEM_SIZE - 1 != count:
             raise fail(
                 at,
                 PXAR_GOODBYE,
-                f"table has {size // GOODBYE_ITEM_SIZE - 1} records for {directory.children} entries",
+                f"table has {size // GOODBYE_ITEM_SIZE - 1} records for {count} entries",
             )
+        expected_hashes = hashes_in_table_order(directory.hashes)
+        seen = bytearray(count)
+        slot = 0
         remaining = size
-        block = b""
         while remaining:
             block = self._src.read_exact(min(remaining, _GOODBYE_BLOCK))
             remaining -= len(block)
-        marker, offset, full_size = unpack_item(block, len(block) - GOODBYE_ITEM_SIZE)
+            for record in iter_items(block):
+                if slot == count:
+                    self._check_tail(directory, record, size, at)
+                else:
+                    self._check_record(
+                        directory, record, expected_hashes[slot], seen, at
+                    )
+                slot += 1
+
+    @staticmethod
+    def _check_record(
+        directory: _Directory,
+        record: tuple[int, int, int],
+        expected_hash: int,
+        seen: bytearray,
+        at: int,
+    ) -> None:
+        name_hash, back, size = record
+        if name_hash != expected_hash:
+            raise fail(at, PXAR_GOODBYE, "records are not in hash search-tree order")
+        target = at - back
+        index = bisect_left(directory.offsets, target)
+        if index == len(seen) or directory.offsets[index] != target or seen[index]:
+            raise fail(
+                at, PXAR_GOODBYE, f"a record points at offset {target}, no entry"
+            )
+        seen[index] = 1
+        if directory.hashes[index] != name_hash:
+            raise fail(at, PXAR_GOODBYE, f"record for offset {target} has a wrong hash")
+        if size not in (directory.sizes[index], directory.alt_sizes[index]):
+            raise fail(at, PXAR_GOODBYE, f"record for offset {target} has a wrong size")
+
+    @staticmethod
+    def _check_tail(
+        directory: _Directory, record: tuple[int, int, int], size: int, at: int
+    ) -> None:
+        marker, back, full_size = record
         if marker != PXAR_GOODBYE_TAIL_MARKER:
             raise fail(at, PXAR_GOODBYE, "tail record lacks the tail marker")
-        if offset != at - directory.start or full_size != size + HEADER_SIZE:
+        if back != at - directory.start or full_size != size + HEADER_SIZE:
             raise fail(
                 at,
                 PXAR_GOODBYE,

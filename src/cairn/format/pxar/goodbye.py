@@ -12,7 +12,7 @@ the directory's own start and its size repeats the size of the GOODBYE item.
 import struct
 import sys
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from siphash24 import siphash24
 
@@ -82,6 +82,17 @@ def bst_find(count: int, hash_at: Callable[[int], int], wanted: int) -> Iterator
 def unpack_item(data: bytes | memoryview, at: int = 0) -> tuple[int, int, int]:
     """Decode one ``(hash, offset, size)`` triple."""
     return _ITEM.unpack_from(data, at)
+
+
+def iter_items(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """Decode consecutive triples (``len(data)`` must be a multiple of 24)."""
+    return _ITEM.iter_unpack(data)
+
+
+def hashes_in_table_order(hashes: Iterable[int]) -> list[int]:
+    """The hash column a correct goodbye table has for children with these name hashes."""
+    ranked = sorted(hashes)
+    return [ranked[rank] for rank in bst_permutation(len(ranked))]
 
 
 def encode_goodbye(

@@ -51,17 +51,6 @@ class Acl:
     default_users: list[AclUser] = field(default_factory=list)
     default_groups: list[AclGroup] = field(default_factory=list)
 
-    def is_empty(self) -> bool:
-        """True when no ACL item would be written for this file."""
-        return not (
-            self.users
-            or self.groups
-            or self.group_obj is not None
-            or self.default is not None
-            or self.default_users
-            or self.default_groups
-        )
-
 
 @dataclass(slots=True)
 class Metadata:
