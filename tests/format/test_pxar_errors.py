@@ -477,3 +477,13 @@ def test_package_docstring_example():
     acc = Accessor(read_at, size)
     entry = acc.lookup(b"/usr/bzip2")
     assert acc.open_file(acc.follow_hardlink(entry)).read_at(0, 4096) == content
+
+
+def test_payload_ref_size_near_u64_limit():
+    """Found by fuzzing: a PAYLOAD_REF whose size plus metadata overflows 64 bits."""
+    meta, payload = bytearray(), bytearray()
+    enc = Encoder(meta.extend, DIR, payload_write=payload.extend)
+    enc.add_payload_ref(b"f", REG, 2**64 - 1, 16)
+    enc.finish()
+    entries = list(Decoder(io.BytesIO(bytes(meta)).read))  # contents left unread
+    assert entries[1].size == 2**64 - 1

@@ -104,9 +104,8 @@ class Accessor:
         """The PRELUDE blob of a version 2 archive, if it has one."""
         if self.format_version == FORMAT_VERSION_1:
             return None
-        src = RangeSource(
-            self._read_at, HEADER_SIZE + 8, self.size
-        )  # after FORMAT_VERSION
+        after_version = HEADER_SIZE + 8
+        src = RangeSource(self._read_at, after_version, self.size)
         header = src.read_header()
         if header is None or header[0] != PXAR_PRELUDE:
             return None

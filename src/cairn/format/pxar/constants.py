@@ -81,12 +81,14 @@ ACL_EXECUTE: Final = 1
 ACL_NO_MASK: Final = 0xFFFF_FFFF_FFFF_FFFF
 
 # Fixed sizes in bytes.
-HEADER_SIZE: Final = 16  # htype u64 + full size u64 (the size includes the header)
-GOODBYE_ITEM_SIZE: Final = 24  # hash u64 + offset u64 + size u64
-STAT_SIZE: Final = (
-    40  # mode u64, flags u64, uid u32, gid u32, mtime i64 secs + u32 nanos + u32 pad
-)
-STAT_V1_SIZE: Final = 32  # mode u64, flags u64, uid u32, gid u32, mtime u64 nanoseconds
+# Header: htype u64 + full size u64 (the size includes the header).
+HEADER_SIZE: Final = 16
+# Goodbye record: hash u64 + offset u64 + size u64.
+GOODBYE_ITEM_SIZE: Final = 24
+# ENTRY: mode u64, flags u64, uid u32, gid u32, mtime (i64 secs, u32 nanos, u32 padding).
+STAT_SIZE: Final = 40
+# ENTRY_V1: mode u64, flags u64, uid u32, gid u32, mtime u64 nanoseconds.
+STAT_V1_SIZE: Final = 32
 
 # Limits from pxar's util.rs; header sizes above them are rejected as hostile.
 MAX_PATH_LEN: Final = 4 * 1024

@@ -37,6 +37,7 @@ from .goodbye import hash_filename, hashes_in_table_order, iter_items
 from .items import HEADER, fail, parse_filename, parse_format_version
 
 _GOODBYE_BLOCK = GOODBYE_ITEM_SIZE * 4096
+_U64_MAX = (1 << 64) - 1
 
 
 @dataclass(slots=True)
@@ -56,10 +57,13 @@ class _Directory:
     alt_sizes: array = field(default_factory=lambda: array("Q"))
 
     def add(self, name_hash: int, offset: int, size: int, alt_size: int) -> None:
+        if size > _U64_MAX:
+            raise fail(offset, PXAR_FILENAME, "entry is too large for a goodbye record")
         self.offsets.append(offset)
         self.hashes.append(name_hash)
         self.sizes.append(size)
-        self.alt_sizes.append(alt_size)
+        # pxar's encoder could not have written an alternative that overflows.
+        self.alt_sizes.append(alt_size if alt_size <= _U64_MAX else size)
 
 
 class Decoder:
@@ -125,9 +129,8 @@ class Decoder:
                     "pxar: payload stream does not begin with the start marker"
                 )
             self._payload_started = True
-        if (
-            self._left == entry.size
-        ):  # nothing read yet: go to this file's PAYLOAD header
+        # Nothing read yet: move to this file's PAYLOAD header and check it.
+        if self._left == entry.size:
             offset = entry.payload_offset
             if offset is None or offset < payload.position:
                 raise fail(
@@ -257,9 +260,8 @@ class Decoder:
         if parsed.content_offset is not None:
             end = parsed.content_offset + parsed.size
             return end, end
-        if (
-            parsed.next_header is not None
-        ):  # fifo or socket: ends where the next item starts
+        if parsed.next_header is not None:
+            # A fifo or socket ends where the next item starts.
             return parsed.next_header[2], parsed.next_header[2]
         end = self._src.position
         return end, end + (parsed.size if parsed.payload_offset is not None else 0)

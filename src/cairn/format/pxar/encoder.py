@@ -81,14 +81,17 @@ class _Sink:
 
 @dataclass(slots=True)
 class _OpenDirectory:
-    directory_offset: (
-        int  # what the goodbye tail counts back to: the ENTRY, or 0 for the root
-    )
-    file_offset: int  # its FILENAME header in the parent (unused for the root)
+    """A directory still being written.
+
+    ``directory_offset`` is what its goodbye tail counts back to (its ENTRY, or 0 for the
+    root); ``file_offset`` is its FILENAME in the parent; ``children`` holds a flat
+    ``hash, FILENAME offset, goodbye size`` triple per child written so far.
+    """
+
+    directory_offset: int
+    file_offset: int
     name_hash: int
-    children: array = field(
-        default_factory=lambda: array("Q")
-    )  # hash, offset, size triples
+    children: array = field(default_factory=lambda: array("Q"))
     last_name: bytes | None = None
 
 
