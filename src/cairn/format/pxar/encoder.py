@@ -336,8 +336,11 @@ class Encoder:
 
     # --- directories ----------------------------------------------------------------------
 
-    def create_directory(self, name: bytes, metadata: Metadata) -> None:
-        """Open a subdirectory; entries added next go into it until ``finish_directory``."""
+    def create_directory(self, name: bytes, metadata: Metadata) -> int:
+        """Open a subdirectory; entries added next go into it until ``finish_directory``.
+
+        Returns the offset of its FILENAME, like the other ``add_*`` methods.
+        """
         filename = self._begin(name)
         if not metadata.is_dir():
             raise FormatError(
@@ -354,6 +357,7 @@ class Encoder:
                 file_offset + len(filename), file_offset, hash_filename(name)
             )
         )
+        return file_offset
 
     def finish_directory(self) -> None:
         """Close the innermost open subdirectory by writing its goodbye table."""
