@@ -130,8 +130,11 @@ class BackupWriter:
         self.manifest = Manifest(group.backup_type, group.backup_id, backup_time)
         self._writers: list[_IndexFileWriter] = []
         self._marker: Path | None = None
+        self.path: Path | None = None  # set once this writer created the snapshot directory
         store.require_namespace(ns)
         group_dir = store.group_path(ns, group)
+        # A backup that fails in a group it created removes the group again, as PBS does.
+        self._new_group: Path | None = None if group_dir.exists() else group_dir
         group_dir.mkdir(parents=True, exist_ok=True)
         if not (group_dir / OWNER_FILE).exists():
             replace_file(group_dir / OWNER_FILE, owner.encode() + b"\n")
@@ -143,14 +146,15 @@ class BackupWriter:
                     f"backup time {self.name.time_string} is not newer than the last "
                     f"backup of {group} ({last.name.time_string})"
                 )
-            self.path = store.snapshot_path(ns, self.name)
+            path = store.snapshot_path(ns, self.name)
             try:
-                self.path.mkdir()
+                path.mkdir()
             except FileExistsError:
                 raise UsageError(f"snapshot {self.name} already exists") from None
+            self.path = path
             self._register_writer()
         except BaseException:
-            self._release()
+            self.abort()
             raise
 
     # A marker per running writer lets garbage collection find the oldest writer's start,
@@ -205,8 +209,12 @@ class BackupWriter:
     def abort(self) -> None:
         for writer in self._writers:
             writer.discard()
-        if getattr(self, "path", None) is not None and self.path.exists():
+        if self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+        group = self._new_group
+        if group is not None and os.listdir(group) in ([], [OWNER_FILE]):
+            shutil.rmtree(group, ignore_errors=True)
         self._release()
 
     def _release(self) -> None:

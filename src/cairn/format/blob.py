@@ -113,20 +113,28 @@ def blob_crc_ok(raw: bytes | memoryview) -> bool:
     return zlib.crc32(memoryview(raw)[info.header_size :]) == stored
 
 
+_FEED = 16 * 1024  # compressed bytes fed per step: bounds how far one step can expand
+
+
 def _decompress(payload: bytes | memoryview) -> bytes:
+    """Decompress one zstd frame, refusing truncated frames and output beyond the limit."""
+    obj = zstandard.ZstdDecompressor().decompressobj()
+    view = memoryview(payload)
+    out = bytearray()
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(payload)
-        out = reader.read(MAX_BLOB_SIZE + 1)
-        while len(out) <= MAX_BLOB_SIZE:
-            more = reader.read(MAX_BLOB_SIZE + 1 - len(out))
-            if not more:
+        for start in range(0, len(view), _FEED):
+            out += obj.decompress(view[start : start + _FEED])
+            if len(out) > MAX_BLOB_SIZE:
+                raise FormatError(f"blob payload expands beyond {MAX_BLOB_SIZE} bytes")
+            if obj.eof:
                 break
-            out += more
     except zstandard.ZstdError as err:
         raise FormatError(f"blob payload is not valid zstd data ({err})") from None
-    if len(out) > MAX_BLOB_SIZE:
-        raise FormatError(f"blob payload expands beyond {MAX_BLOB_SIZE} bytes")
-    return out
+    if not obj.eof:
+        raise FormatError("blob payload is a truncated zstd frame")
+    if obj.unused_data or start + _FEED < len(view):
+        raise FormatError("blob payload has trailing bytes after its zstd frame")
+    return bytes(out)
 
 
 def decode_blob(

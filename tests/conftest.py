@@ -1,0 +1,111 @@
+"""Shared fixtures: real datastores in temporary directories and the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cairn.datastore.datastore import Datastore
+
+MIB = 1024 * 1024
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="run the long crash and soak tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow test: run with --run-slow (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode()
+
+
+def run_cairn(*args: str, input: bytes | None = None, env: dict | None = None, check: bool = True) -> CliResult:
+    """Run the real ``cairn`` command line in a subprocess."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_", "PBS_"))}
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "cairn", *args], input=input, capture_output=True, env=full_env, timeout=300
+    )
+    result = CliResult(proc.returncode, proc.stdout, proc.stderr.decode())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cairn {' '.join(args)} failed ({proc.returncode}): {result.stderr}")
+    return result
+
+
+def assert_one_line_error(result: CliResult, *fragments: str) -> None:
+    assert result.returncode != 0, "expected a failure"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got: {result.stderr!r}"
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+# Creating a store makes 65536 directories (about a second of system time), so tests share
+# one store per module unless they need a pristine one (``fresh_store``).
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("store") / "store"
+    Datastore.create(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(store_path: Path) -> Datastore:
+    return Datastore.open(store_path)
+
+
+@pytest.fixture
+def fresh_store(tmp_path: Path) -> Datastore:
+    return Datastore.create(tmp_path / "fresh-store")
+
+
+def make_image(path: Path, size_mib: int = 96, tail: int = 12345, seed: int = 7) -> bytes:
+    """A disk-like image: zero runs, repeated blocks, random data and an odd tail."""
+    import random
+
+    rng = random.Random(seed)
+    repeated = rng.randbytes(4 * MIB)
+    with open(path, "wb") as f:
+        for block in range(size_mib // 4):
+            kind = block % 4
+            if kind == 0:
+                f.seek(4 * MIB, 1)
+            elif kind == 1:
+                f.write(repeated)
+            elif kind == 2:
+                f.write(rng.randbytes(MIB) + bytes(3 * MIB))  # partly zero: not a hole chunk
+            else:
+                f.write(rng.randbytes(4 * MIB))
+        f.write(rng.randbytes(tail))
+        f.truncate()
+    return path.read_bytes()
+
+
+def chunk_files(store_path: Path) -> dict[str, int]:
+    """Every file under .chunks with its mtime: what a backup wrote."""
+    found = {}
+    for prefix in os.scandir(store_path / ".chunks"):
+        for entry in os.scandir(prefix.path):
+            found[entry.path] = entry.stat().st_mtime_ns
+    return found
