@@ -6,9 +6,10 @@ import socket
 
 import click
 
-from cairn.cli.common import ns_option, repository_option
+from cairn.cli.common import key_options, ns_option, repository_option
 from cairn.cli.output import human_size
 from cairn.client.backup import BackupJob, run_backup
+from cairn.client.keys import CRYPT_MODES, backup_crypto, find_key
 from cairn.client.repository import open_repository
 from cairn.client.restore import restore_archive
 from cairn.client.spec import parse_backup_spec
@@ -22,13 +23,21 @@ from cairn.datastore.names import BACKUP_TYPES, GroupName, Namespace, SnapshotNa
 @click.option("--backup-type", type=click.Choice(BACKUP_TYPES), default="host", show_default=True)
 @click.option("--backup-id", default=None, help="Backup ID (default: this host's name).")
 @click.option("--backup-time", type=int, default=None, help="Snapshot time as epoch (default: now).")
+@click.option("--crypt-mode", type=click.Choice(CRYPT_MODES), default=None,
+              help="encrypt (default with a key), sign-only, or none.")
+@key_options
+@click.option("--master-pubkey-file", default=None, metavar="PEM",
+              help="Also store the key encrypted with this RSA master public key.")
 def backup(specs: tuple[str, ...], repository: str | None, ns: Namespace, backup_type: str,
-           backup_id: str | None, backup_time: int | None) -> None:
+           backup_id: str | None, backup_time: int | None, crypt_mode: str | None, keyfile: str | None,
+           keyfd: int | None, passphrase_fd: int | None, master_pubkey_file: str | None) -> None:
     """Back up SPECs (disk.img:/dev/sdb, vm.conf:/path, log.log:-) into a new snapshot."""
     parsed = [parse_backup_spec(spec) for spec in specs]
     group = GroupName(backup_type, backup_id or socket.gethostname().split(".")[0])
     store = open_repository(repository, for_write=True)
-    result = run_backup(store, parsed, BackupJob(ns, group, backup_time))
+    crypto = backup_crypto(crypt_mode, keyfile, keyfd, master_pubkey_file, passphrase_fd)
+    job = BackupJob(ns, group, backup_time, crypto.cipher, crypto.mode, crypto.master_key_payload)
+    result = run_backup(store, parsed, job)
     rate = result.bytes_read / result.seconds if result.seconds > 0 else 0
     click.echo(
         f"snapshot {result.snapshot}: {human_size(result.bytes_read)} read in "
@@ -46,11 +55,14 @@ def backup(specs: tuple[str, ...], repository: str | None, ns: Namespace, backup
 @repository_option
 @ns_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing target file.")
-def restore(snapshot: str, archive: str, target: str, repository: str | None, ns: Namespace, overwrite: bool) -> None:
+@key_options
+def restore(snapshot: str, archive: str, target: str, repository: str | None, ns: Namespace, overwrite: bool,
+            keyfile: str | None, keyfd: int | None, passphrase_fd: int | None) -> None:
     """Restore ARCHIVE of SNAPSHOT to TARGET (a file, a block device, or - for stdout)."""
     name = SnapshotName.parse(snapshot)
     store = open_repository(repository)
-    result = restore_archive(store, ns, name, archive, target, overwrite=overwrite)
+    key = find_key(keyfile, keyfd, passphrase_fd)
+    result = restore_archive(store, ns, name, archive, target, key=key, overwrite=overwrite)
     if target != "-":
         click.echo(f"restored {result.archive} ({human_size(result.size)}) to {target}", err=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cairn.client.chunks import ChunkCodec
 from cairn.client.pipeline import ordered_map
@@ -16,7 +16,8 @@ from cairn.datastore.names import GroupName, Namespace, SnapshotName
 from cairn.datastore.writer import BackupWriter
 from cairn.errors import StoreError, UsageError
 from cairn.format.blob import encode_blob
-from cairn.format.manifest import Manifest
+from cairn.format.crypt import CryptConfig
+from cairn.format.manifest import ENCRYPTED_KEY_BLOB_NAME, Manifest
 
 IMAGE_CHUNK_SIZE = 4 * 1024 * 1024
 
@@ -26,9 +27,9 @@ class BackupJob:
     ns: Namespace
     group: GroupName
     backup_time: int | None = None
-    cipher: object | None = None  # a CryptConfig when encrypting or signing
+    cipher: CryptConfig | None = None  # the key when encrypting or signing
     crypt_mode: str = "none"  # none | encrypt | sign-only
-    extra_files: dict[str, bytes] = field(default_factory=dict)  # e.g. rsa-encrypted.key.blob
+    master_key_payload: bytes | None = None  # stored as rsa-encrypted.key.blob
 
 
 @dataclass
@@ -53,8 +54,6 @@ def run_backup(store: Datastore, specs: list[BackupSpec], job: BackupJob) -> Bac
     bytes_read = 0
     try:
         with BackupWriter(store, job.ns, job.group, backup_time) as writer:
-            for name, raw in job.extra_files.items():
-                writer.add_raw_file(name, raw)
             for spec, source in zip(specs, sources):
                 if spec.kind == "image":
                     bytes_read += _backup_image(writer, spec, source, codec, job.crypt_mode)
@@ -63,6 +62,10 @@ def run_backup(store: Datastore, specs: list[BackupSpec], job: BackupJob) -> Bac
                     writer.add_blob(spec.archive, encode_blob(source, chunk_cipher), job.crypt_mode)
                 else:
                     raise UsageError(f"{spec.name}: pxar archives are not supported by this build")
+            if job.master_key_payload is not None:
+                writer.add_blob(
+                    ENCRYPTED_KEY_BLOB_NAME, encode_blob(job.master_key_payload, compress=False), job.crypt_mode
+                )
             signer = job.cipher if job.crypt_mode in ("encrypt", "sign-only") else None
             manifest = writer.finish(signer)
     except OSError as err:

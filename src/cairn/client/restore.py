@@ -16,7 +16,9 @@ from cairn.client.spec import archive_candidates
 from cairn.datastore.datastore import Datastore, SnapshotInfo
 from cairn.datastore.fsutil import temp_name
 from cairn.datastore.names import Namespace, SnapshotName
-from cairn.errors import IntegrityError, NotFoundError, UsageError
+from cairn.client.keys import KeySource
+from cairn.errors import CryptError, IntegrityError, NotFoundError, UsageError
+from cairn.format.crypt import CryptConfig, format_fingerprint
 from cairn.format.blob import decode_blob
 from cairn.format.index import FixedIndex
 from cairn.format.manifest import FileInfo, Manifest
@@ -39,20 +41,37 @@ def resolve_archive(manifest: Manifest, name: str) -> FileInfo:
     raise NotFoundError(f"snapshot has no archive {name!r} (archives: {known})")
 
 
-def open_snapshot(store: Datastore, ns: Namespace, name: SnapshotName, cipher) -> SnapshotInfo:
-    """A complete snapshot whose key matches ``cipher``; checked before anything is read."""
+def open_snapshot(
+    store: Datastore, ns: Namespace, name: SnapshotName, key: KeySource | None
+) -> tuple[SnapshotInfo, CryptConfig | None]:
+    """A complete snapshot and the unlocked key it needs, checked before anything is read.
+
+    The key is unlocked (which may prompt) only when the snapshot was made with one, and a
+    key file whose recorded fingerprint differs is refused before any prompt.
+    """
     info = store.complete_snapshot(ns, name)
-    info.manifest.check_key(cipher)
-    if cipher is not None:
-        info.manifest.verify_signature(cipher)
-    return info
+    manifest = info.manifest
+    expected = manifest.key_fingerprint
+    if expected is None:
+        return info, None
+    if key is None:
+        manifest.check_key(None)
+    if key.config.fingerprint is not None and format_fingerprint(key.config.fingerprint) != expected:
+        raise CryptError(
+            f"wrong key - snapshot's key {expected} does not match provided key "
+            f"{format_fingerprint(key.config.fingerprint)}"
+        )
+    cipher = key.unlock()
+    manifest.check_key(cipher)
+    manifest.verify_signature(cipher)
+    return info, cipher
 
 
 def restore_archive(
     store: Datastore, ns: Namespace, name: SnapshotName, archive: str, target: str,
-    cipher=None, overwrite: bool = False,
+    key: KeySource | None = None, overwrite: bool = False,
 ) -> RestoreResult:
-    info = open_snapshot(store, ns, name, cipher)
+    info, cipher = open_snapshot(store, ns, name, key)
     file_info = resolve_archive(info.manifest, archive)
     chunk_cipher = cipher if file_info.crypt_mode == "encrypt" else None
     with store.lock_snapshot(ns, name, exclusive=False, timeout=10):

@@ -192,10 +192,6 @@ class BackupWriter:
         replace_file(self.path / archive, raw_blob, durable=False)
         self.manifest.add_file(archive, len(raw_blob), hashlib.sha256(raw_blob).digest(), crypt_mode)
 
-    def add_raw_file(self, archive: str, raw: bytes) -> None:
-        """A file that is not listed in the manifest (e.g. ``rsa-encrypted.key.blob``'s peers)."""
-        replace_file(self.path / archive, raw, durable=False)
-
     def finish(self, signer=None) -> Manifest:
         """Make the snapshot durable, then write its manifest: from now on it is complete."""
         if signer is not None:

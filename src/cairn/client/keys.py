@@ -1,0 +1,154 @@
+"""Where keys and passphrases come from, and which crypt mode a backup uses.
+
+Follows proxmox-backup-client: ``--keyfile PATH`` or ``--keyfd FD`` (the key file's content
+through an open descriptor) name the key; without either, a default key in the user's config
+directory is used if it exists, so backups are encrypted unless ``--crypt-mode none`` is
+given. Passphrases come from ``--passphrase-fd FD``, ``$CAIRN_ENCRYPTION_PASSWORD`` (then
+``$PBS_ENCRYPTION_PASSWORD``), or a prompt on a terminal, in that order.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cairn.datastore.fsutil import replace_file
+from cairn.errors import CryptError, FormatError, UsageError
+from cairn.format.crypt import CryptConfig
+from cairn.format.keyfile import KeyConfig, create_key_config
+from cairn.format.rsa_key import rsa_encrypt_key_config
+
+DEFAULT_KEY_NAME = "encryption-key.json"
+DEFAULT_MASTER_PUBKEY_NAME = "master-public.pem"
+PASSPHRASE_ENV = ("CAIRN_ENCRYPTION_PASSWORD", "PBS_ENCRYPTION_PASSWORD")
+NEW_PASSPHRASE_ENV = ("CAIRN_NEW_ENCRYPTION_PASSWORD",)
+CRYPT_MODES = ("none", "encrypt", "sign-only")
+
+
+def config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "cairn"
+
+
+def default_key_path() -> Path:
+    return config_dir() / DEFAULT_KEY_NAME
+
+
+def default_master_pubkey_path() -> Path:
+    return config_dir() / DEFAULT_MASTER_PUBKEY_NAME
+
+
+def _read_fd(fd: int, what: str) -> bytes:
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise UsageError(f"cannot read {what} from file descriptor {fd}: {err.strerror}") from None
+
+
+def read_passphrase(
+    prompt: str, fd: int | None = None, env: tuple[str, ...] = PASSPHRASE_ENV, confirm: bool = False
+) -> bytes:
+    """A passphrase from a descriptor, the environment, or (on a terminal) a prompt."""
+    if fd is not None:
+        return _read_fd(fd, "passphrase").rstrip(b"\r\n")
+    for name in env:
+        value = os.environ.get(name)
+        if value is not None:
+            return value.encode()
+    if not sys.stdin.isatty():
+        raise CryptError(f"a passphrase is needed: set {env[0]} or use --passphrase-fd (no terminal to ask on)")
+    first = getpass.getpass(prompt).encode()
+    if confirm and getpass.getpass("Verify passphrase: ").encode() != first:
+        raise CryptError("passphrases do not match")
+    return first
+
+
+def read_key_config(path: Path) -> KeyConfig:
+    try:
+        return KeyConfig.from_json(path.read_bytes())
+    except FileNotFoundError:
+        raise UsageError(f"key file {path} does not exist") from None
+    except PermissionError:
+        raise UsageError(f"cannot read key file {path}: permission denied") from None
+    except FormatError as err:
+        raise CryptError(f"{path} is not a valid key file: {err}") from None
+
+
+def write_key_config(path: Path, config: KeyConfig, overwrite: bool = False) -> None:
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} already exists; refusing to overwrite a key")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(path, config.to_json().encode() + b"\n", mode=0o600)
+
+
+@dataclass
+class KeySource:
+    """A key not yet unlocked: unlocking may prompt, so it happens only when needed."""
+
+    config: KeyConfig
+    origin: str
+    passphrase_fd: int | None = None
+
+    def unlock(self) -> CryptConfig:
+        passphrase = None
+        if self.config.needs_passphrase:
+            passphrase = read_passphrase(f"Encryption key password ({self.origin}): ", self.passphrase_fd)
+        key, _, _ = self.config.decrypt(passphrase)
+        return CryptConfig(key)
+
+
+def find_key(keyfile: str | None, keyfd: int | None, passphrase_fd: int | None = None, use_default: bool = True) -> KeySource | None:
+    if keyfile is not None and keyfd is not None:
+        raise UsageError("--keyfile and --keyfd are mutually exclusive")
+    if keyfile is not None:
+        return KeySource(read_key_config(Path(keyfile)), keyfile, passphrase_fd)
+    if keyfd is not None:
+        try:
+            config = KeyConfig.from_json(_read_fd(keyfd, "key"))
+        except FormatError as err:
+            raise CryptError(f"data on --keyfd {keyfd} is not a valid key file: {err}") from None
+        return KeySource(config, f"fd {keyfd}", passphrase_fd)
+    if use_default and default_key_path().exists():
+        return KeySource(read_key_config(default_key_path()), "default key", passphrase_fd)
+    return None
+
+
+@dataclass
+class BackupCrypto:
+    mode: str  # none | encrypt | sign-only
+    cipher: CryptConfig | None
+    master_key_payload: bytes | None  # the key, RSA-encrypted for the master key
+
+
+def backup_crypto(
+    crypt_mode: str | None, keyfile: str | None, keyfd: int | None, master_pubkey_file: str | None,
+    passphrase_fd: int | None = None,
+) -> BackupCrypto:
+    """Decide how a backup is protected, with PBS's rules for explicit and default keys."""
+    if crypt_mode == "none":
+        if keyfile is not None or keyfd is not None:
+            raise UsageError("--keyfile/--keyfd and --crypt-mode=none are mutually exclusive")
+        return BackupCrypto("none", None, None)
+    source = find_key(keyfile, keyfd, passphrase_fd)
+    if source is None:
+        if crypt_mode is not None:
+            raise UsageError(f"--crypt-mode {crypt_mode} needs --keyfile (and no default key exists)")
+        if master_pubkey_file is not None:
+            raise UsageError("--master-pubkey-file needs an encryption key (--keyfile)")
+        return BackupCrypto("none", None, None)
+    cipher = source.unlock()
+    master_path = Path(master_pubkey_file) if master_pubkey_file else default_master_pubkey_path()
+    payload = None
+    if master_pubkey_file is not None or master_path.exists():
+        try:
+            master = master_path.read_bytes()
+        except OSError as err:
+            raise UsageError(f"cannot read master public key {master_path}: {err.strerror}") from None
+        # PBS stores a passphrase-less copy of the key, keeping its creation time.
+        plain = create_key_config(cipher.key, None, "none", created=source.config.created)
+        payload = rsa_encrypt_key_config(master, plain)
+    return BackupCrypto(crypt_mode or "encrypt", cipher, payload)
