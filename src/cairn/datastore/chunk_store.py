@@ -7,7 +7,6 @@ create a directory and a store written here is a valid PBS datastore.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from dataclasses import dataclass
@@ -21,10 +20,6 @@ CHUNK_DIR = ".chunks"
 LOCK_FILE = ".lock"
 PREFIX_DIRS = 65536
 TEMP_MARK = ".tmp_"
-
-
-def digest_hex(digest: bytes) -> str:
-    return digest.hex()
 
 
 @dataclass(frozen=True)
@@ -148,7 +143,3 @@ def is_chunk_name(name: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def enospc(err: OSError) -> bool:
-    return err.errno == errno.ENOSPC
