@@ -23,5 +23,13 @@ test: $(BIN)/cairn
 test-slow: $(BIN)/cairn
 	$(BIN)/pytest -q --run-slow
 
+## bench: Cairn against restic and borg on a 1 GiB mixed data set (BENCH_ARGS="--size-mb 256" etc.)
+BENCH_ARGS ?=
+bench: $(BIN)/cairn
+	@if ! command -v restic >/dev/null || ! command -v borg >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq restic borgbackup; \
+	  else echo "bench: restic or borg is missing and this is not root: the bench skips them"; fi; fi
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) demo-work build *.egg-info

@@ -1,0 +1,50 @@
+"""The benchmark script still works: a tiny run of bench/run.py with Cairn alone.
+
+Benchmarks are not tests, so nothing here looks at a duration; it checks that the script
+makes its data, runs every step, prints its table and verified the restore bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RUN = REPO / "bench" / "run.py"
+MKDATA = REPO.parent / "shared" / "bench" / "mkdata.py"
+
+
+@pytest.mark.skipif(not MKDATA.is_file(), reason=f"{MKDATA} not found (shared/ beside the clone)")
+def test_bench_smoke_runs_cairn_and_checks_the_restore(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--smoke", "--tools", "cairn", "--keep", "--work", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| tool |"))
+    for column in ("first backup", "unchanged re-backup", "full restore", "store size", "peak RSS", "restore check"):
+        assert column in header
+    row = next(line for line in lines if line.startswith("| cairn |"))
+    assert row.rstrip().endswith("| bit-identical |")
+
+    report = json.loads((tmp_path / "results.json").read_text())
+    result = report["results"]["cairn"]
+    assert result["bit_identical"] is True and result["differences"] == []
+    for key in ("first_backup", "rebackup", "restore", "store_bytes", "peak_rss"):
+        assert result[key] > 0
+    # the restore was compared against the data set mkdata.py made
+    assert (tmp_path / "data-24" / "images" / "vm-100-disk-0.raw").is_file()
+
+
+def test_bench_refuses_unknown_tools(tmp_path):
+    proc = subprocess.run([sys.executable, str(RUN), "--tools", "cairn,tar", "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown tools ['tar']" in proc.stderr
+    assert "Traceback" not in proc.stderr
