@@ -10,6 +10,7 @@ from cairn.cli.common import key_options, ns_option, repository_option
 from cairn.cli.output import human_size
 from cairn.client.backup import BackupJob, run_backup
 from cairn.client.keys import CRYPT_MODES, backup_crypto, find_key
+from cairn.client.pxar.create import TreeOptions
 from cairn.client.repository import open_repository
 from cairn.client.restore import restore_archive
 from cairn.client.spec import parse_backup_spec
@@ -28,15 +29,23 @@ from cairn.datastore.names import BACKUP_TYPES, GroupName, Namespace, SnapshotNa
 @key_options
 @click.option("--master-pubkey-file", default=None, metavar="PEM",
               help="Also store the key encrypted with this RSA master public key.")
+@click.option("--exclude", "exclude", multiple=True, metavar="PATTERN",
+              help="pxar: leave out paths matching PATTERN (repeatable; .pxarexclude syntax).")
+@click.option("--include-dev", "include_dev", multiple=True, metavar="PATH",
+              help="pxar: also descend into the file system mounted at PATH (repeatable).")
+@click.option("--fail-on-unreadable", is_flag=True,
+              help="pxar: discard the backup and fail if any file could not be read.")
 def backup(specs: tuple[str, ...], repository: str | None, ns: Namespace, backup_type: str,
            backup_id: str | None, backup_time: int | None, crypt_mode: str | None, keyfile: str | None,
-           keyfd: int | None, passphrase_fd: int | None, master_pubkey_file: str | None) -> None:
+           keyfd: int | None, passphrase_fd: int | None, master_pubkey_file: str | None,
+           exclude: tuple[str, ...], include_dev: tuple[str, ...], fail_on_unreadable: bool) -> None:
     """Back up SPECs (disk.img:/dev/sdb, vm.conf:/path, log.log:-) into a new snapshot."""
     parsed = [parse_backup_spec(spec) for spec in specs]
     group = GroupName(backup_type, backup_id or socket.gethostname().split(".")[0])
     store = open_repository(repository, for_write=True)
     crypto = backup_crypto(crypt_mode, keyfile, keyfd, master_pubkey_file, passphrase_fd)
     job = BackupJob(ns, group, backup_time, crypto.cipher, crypto.mode, crypto.master_key_payload)
+    job.tree_options = TreeOptions(list(exclude), list(include_dev), fail_on_unreadable)
     result = run_backup(store, parsed, job)
     rate = result.bytes_read / result.seconds if result.seconds > 0 else 0
     click.echo(
@@ -54,15 +63,21 @@ def backup(specs: tuple[str, ...], repository: str | None, ns: Namespace, backup
 @click.argument("target")
 @repository_option
 @ns_option
-@click.option("--overwrite", is_flag=True, help="Replace an existing target file.")
+@click.option("--overwrite", is_flag=True, help="Replace existing files at the target.")
+@click.option("--pattern", "patterns", multiple=True, metavar="GLOB",
+              help="pxar: restore only paths matching GLOB (repeatable), e.g. /etc/hosts or '*.conf'.")
 @key_options
 def restore(snapshot: str, archive: str, target: str, repository: str | None, ns: Namespace, overwrite: bool,
-            keyfile: str | None, keyfd: int | None, passphrase_fd: int | None) -> None:
-    """Restore ARCHIVE of SNAPSHOT to TARGET (a file, a block device, or - for stdout)."""
+            patterns: tuple[str, ...], keyfile: str | None, keyfd: int | None, passphrase_fd: int | None) -> None:
+    """Restore ARCHIVE of SNAPSHOT to TARGET.
+
+    TARGET is a file, a block device or - (stdout) for images and blobs, a directory for
+    pxar archives (or - for the raw archive).
+    """
     name = SnapshotName.parse(snapshot)
     store = open_repository(repository)
     key = find_key(keyfile, keyfd, passphrase_fd)
-    result = restore_archive(store, ns, name, archive, target, key=key, overwrite=overwrite)
+    result = restore_archive(store, ns, name, archive, target, key=key, overwrite=overwrite, patterns=patterns)
     if target != "-":
         click.echo(f"restored {result.archive} ({human_size(result.size)}) to {target}", err=True)
 

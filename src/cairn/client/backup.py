@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cairn.client.chunks import ChunkCodec
 from cairn.client.pipeline import ordered_map
 from cairn.client.progress import progress_bar
+from cairn.client.pxar.create import TreeOptions, check_root
+from cairn.client.pxar.tree_backup import TreeBackup
 from cairn.client.sources import ImageSource, open_image, read_small_file
 from cairn.client.spec import BackupSpec
 from cairn.datastore.datastore import Datastore
@@ -30,6 +32,7 @@ class BackupJob:
     cipher: CryptConfig | None = None  # the key when encrypting or signing
     crypt_mode: str = "none"  # none | encrypt | sign-only
     master_key_payload: bytes | None = None  # stored as rsa-encrypted.key.blob
+    tree_options: TreeOptions = field(default_factory=TreeOptions)  # pxar: excludes, devices
 
 
 @dataclass
@@ -52,6 +55,7 @@ def run_backup(store: Datastore, specs: list[BackupSpec], job: BackupJob) -> Bac
     codec = ChunkCodec(chunk_cipher)
     backup_time = job.backup_time if job.backup_time is not None else int(time.time())
     bytes_read = 0
+    trees: TreeBackup | None = None
     try:
         with BackupWriter(store, job.ns, job.group, backup_time) as writer:
             for spec, source in zip(specs, sources):
@@ -61,7 +65,11 @@ def run_backup(store: Datastore, specs: list[BackupSpec], job: BackupJob) -> Bac
                     bytes_read += len(source)
                     writer.add_blob(spec.archive, encode_blob(source, chunk_cipher), job.crypt_mode)
                 else:
-                    raise UsageError(f"{spec.name}: pxar archives are not supported by this build")
+                    if trees is None:
+                        trees = TreeBackup(writer, codec, job.crypt_mode, job.tree_options)
+                    bytes_read += trees.add(spec.archive, source)
+            if trees is not None:
+                trees.finish()
             if job.master_key_payload is not None:
                 writer.add_blob(
                     ENCRYPTED_KEY_BLOB_NAME, encode_blob(job.master_key_payload, compress=False), job.crypt_mode
@@ -104,7 +112,7 @@ def _open_sources(specs: list[BackupSpec]) -> list:
             elif spec.kind == "blob":
                 opened.append(read_small_file(spec.source))
             else:
-                opened.append(spec.source)
+                opened.append(check_root(spec.source))
     except BaseException:
         for source in opened:
             if isinstance(source, ImageSource):

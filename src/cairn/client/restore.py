@@ -7,11 +7,13 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from cairn.client.chunks import ChunkCodec
 from cairn.client.pipeline import ordered_map
 from cairn.client.progress import progress_bar
+from cairn.client.pxar.tree_restore import restore_tree
 from cairn.client.spec import archive_candidates
 from cairn.datastore.datastore import Datastore, SnapshotInfo
 from cairn.datastore.fsutil import temp_name
@@ -29,6 +31,7 @@ class RestoreResult:
     archive: str
     size: int
     holes: int  # bytes left as holes (zero chunks not written)
+    chunk_reads: int = 0  # chunks loaded for a pxar archive (a selective restore loads few)
 
 
 def resolve_archive(manifest: Manifest, name: str) -> FileInfo:
@@ -69,10 +72,12 @@ def open_snapshot(
 
 def restore_archive(
     store: Datastore, ns: Namespace, name: SnapshotName, archive: str, target: str,
-    key: KeySource | None = None, overwrite: bool = False,
+    key: KeySource | None = None, overwrite: bool = False, patterns: Sequence[str] = (),
 ) -> RestoreResult:
     info, cipher = open_snapshot(store, ns, name, key)
     file_info = resolve_archive(info.manifest, archive)
+    if patterns and not file_info.filename.endswith(".pxar.didx"):
+        raise UsageError("--pattern applies to pxar archives only")
     chunk_cipher = cipher if file_info.crypt_mode == "encrypt" else None
     with store.lock_snapshot(ns, name, exclusive=False, timeout=10):
         if file_info.filename.endswith(".blob"):
@@ -87,7 +92,10 @@ def restore_archive(
             if index.index_csum != file_info.csum or index.size != file_info.size:
                 raise IntegrityError(f"{file_info.filename} does not match the manifest (corrupt snapshot)")
             return _restore_image(store, index, file_info.filename, target, ChunkCodec(chunk_cipher), overwrite)
-        raise UsageError(f"{file_info.filename} is a file-tree archive; restore it with the pxar support")
+        tree = restore_tree(
+            store, ns, name, info.manifest, file_info, target, cipher, overwrite, patterns
+        )
+        return RestoreResult(file_info.filename, tree.bytes, 0, tree.chunk_reads)
 
 
 def _check_manifest_entry(file_info: FileInfo, raw: bytes) -> None:
