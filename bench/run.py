@@ -127,8 +127,8 @@ def render_table(report: dict) -> str:
     results = report["results"]
     peers = [name for name in PEERS if "error" not in results.get(name, {"error": 1})]
     lines = [
-        f"{report['size_mb']} MB mixed data set, {report['cpus']} CPUs, load average {report['load_before']:.2f} "
-        f"at start, all encrypted, warm page cache; ratio = value / best of {', '.join(peers) or 'no peer'}",
+        (f"{report['size_mb']} MB mixed data set, {report['cpus']} CPUs, load average {report['load_before']:.2f} "
+         f"at start, all encrypted, warm page cache; ratio = value / best of {', '.join(peers) or 'no peer'}"),
         "",
         "| tool | " + " | ".join(header for _, header, _, _ in METRICS) + " | restore check |",
         "|---" * (len(METRICS) + 2) + "|",

@@ -8,6 +8,7 @@ Caches and configuration live in the tool's work directory so runs do not share 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from measure import ZERO, Measured, run_measured, run_quiet, tree_differences, tree_manifest
+from measure import (
+    ZERO,
+    Measured,
+    run_measured,
+    run_quiet,
+    tree_differences,
+    tree_manifest,
+)
 
 PASSPHRASE = "cairn-bench-passphrase"
 T0 = 1795312800  # snapshot times of Cairn's backups: T0 + n
@@ -69,7 +77,7 @@ class Tool:
 
 def _first_line(cmd: list[str]) -> str:
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False).stdout
     except OSError:
         return "?"
     return out.strip().splitlines()[0] if out.strip() else "?"
@@ -98,9 +106,7 @@ class Restic(Tool):
     def restore(self, run: ToolRun) -> Measured:
         snapshots = subprocess.run(["restic", "snapshots", "--json"], capture_output=True, text=True,
                                    env=self._env(run), check=True).stdout
-        import json
-
-        first = sorted(json.loads(snapshots), key=lambda s: s["time"])[0]["short_id"]
+        first = min(json.loads(snapshots), key=lambda s: s["time"])["short_id"]
         return run_measured(["restic", "restore", first, "--target", str(run.target)], run.log,
                             env=self._env(run))
 
@@ -211,7 +217,7 @@ def probe_cairn_pxar(cairn: Cairn, run: ToolRun) -> str | None:
 
     def call(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(cairn._cmd(*args, "--keyfile", cairn._key(run)), capture_output=True, text=True,
-                              env=cairn._env(run), timeout=300)
+                              env=cairn._env(run), timeout=300, check=False)
 
     try:
         result = call("backup", f"probe.pxar:{tree}", "--backup-type", "host", "--backup-id", "probe",
@@ -224,5 +230,5 @@ def probe_cairn_pxar(cairn: Cairn, run: ToolRun) -> str | None:
             return "a restored pxar tree differs from its source"
         return None
     finally:
-        subprocess.run(cairn._cmd("snapshot", "forget", snapshot), capture_output=True, env=cairn._env(run))
+        subprocess.run(cairn._cmd("snapshot", "forget", snapshot), capture_output=True, env=cairn._env(run), check=False)
         shutil.rmtree(work, ignore_errors=True)

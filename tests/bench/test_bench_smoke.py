@@ -22,7 +22,7 @@ MKDATA = REPO.parent / "shared" / "bench" / "mkdata.py"
 def test_bench_smoke_runs_cairn_and_checks_the_restore(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(RUN), "--smoke", "--tools", "cairn", "--keep", "--work", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -44,7 +44,7 @@ def test_bench_smoke_runs_cairn_and_checks_the_restore(tmp_path):
 
 def test_bench_refuses_unknown_tools(tmp_path):
     proc = subprocess.run([sys.executable, str(RUN), "--tools", "cairn,tar", "--work", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "unknown tools ['tar']" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -26,6 +26,7 @@ class ChunkCodec:
     def __init__(self, cipher: Cipher | None = None) -> None:
         self.cipher = cipher
         self._zero_digests: dict[int, bytes] = {}
+        self._zero_block = b""  # the last all-zero block compared against
 
     def digest(self, data: bytes | memoryview) -> bytes:
         if self.cipher is not None:
@@ -39,9 +40,23 @@ class ChunkCodec:
             digest = self._zero_digests[size] = self.digest(bytes(size))
         return digest
 
+    def _zero_block_digest(self, data: bytes | memoryview) -> bytes | None:
+        """The digest of an all-zero block, found by comparing instead of hashing.
+
+        Disk images are often half zeros; comparing 4 MiB with zeros (memcmp) is about 40
+        times faster than hashing it. Only ``bytes`` are compared: a memoryview compares
+        element by element, slower than hashing.
+        """
+        if type(data) is not bytes or not data or data[0] or data[-1]:
+            return None
+        zero = self._zero_block
+        if len(zero) != len(data):
+            zero = self._zero_block = bytes(len(data))
+        return self.zero_digest(len(data)) if data == zero else None
+
     def store(self, chunks: ChunkStore, data: bytes | memoryview) -> StoredChunk:
         """Store ``data`` unless a chunk with its digest exists (then only mark it used)."""
-        digest = self.digest(data)
+        digest = self._zero_block_digest(data) or self.digest(data)
         if chunks.touch(digest):
             return StoredChunk(digest, len(data), 0)
         raw = encode_blob(data, self.cipher)

@@ -20,27 +20,23 @@ class ImageSource:
     file: BinaryIO
     size: int | None
 
-    def blocks(self, block_size: int) -> Iterator[bytearray]:
-        """Fixed-size blocks, each its own buffer (they travel to worker threads)."""
+    def blocks(self, block_size: int) -> Iterator[bytes]:
+        """Fixed-size blocks (the last may be short) as immutable bytes.
+
+        A buffered file's ``read(n)`` gathers short reads (pipes, stdin) until it has ``n``
+        bytes or the input ends, so one call per block suffices. Fresh ``bytes`` rather
+        than a reused buffer: they travel to worker threads as they are, need no zero-fill,
+        and the blob encoder passes them to the cipher without copying.
+        """
         while True:
-            buf = bytearray(block_size)
-            filled = 0
-            view = memoryview(buf)
-            while filled < block_size:
-                try:
-                    n = self.file.readinto(view[filled:])
-                except OSError as err:
-                    raise SourceError(f"cannot read {self.name}: {err.strerror}") from None
-                if not n:
-                    break
-                filled += n
-            view.release()
-            if filled == 0:
+            try:
+                block = self.file.read(block_size)
+            except OSError as err:
+                raise SourceError(f"cannot read {self.name}: {err.strerror}") from None
+            if not block:
                 return
-            if filled < block_size:
-                del buf[filled:]
-            yield buf
-            if filled < block_size:
+            yield block
+            if len(block) < block_size:
                 return
 
     def close(self) -> None:
