@@ -13,7 +13,7 @@ import traceback
 import click
 
 from cairn import __version__
-from cairn.cli import backup_cmd, benchmark_cmd, key_cmd, pxar_cmd, snapshot_cmd, store_cmd
+from cairn.cli import backup_cmd, benchmark_cmd, key_cmd, lifecycle_cmd, pxar_cmd, snapshot_cmd, store_cmd
 from cairn.errors import CairnError
 
 
@@ -26,7 +26,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for module in (store_cmd, backup_cmd, snapshot_cmd, key_cmd, benchmark_cmd, pxar_cmd):
+for module in (store_cmd, backup_cmd, snapshot_cmd, key_cmd, benchmark_cmd, lifecycle_cmd, pxar_cmd):
     module.register(cli)
 
 

@@ -1,6 +1,8 @@
-"""``cairn snapshot ...``: list, forget."""
+"""``cairn snapshot ...``: list, forget, protected, notes."""
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -75,6 +77,58 @@ def snapshot_forget(snapshot_name: str, repository: str | None, ns: Namespace) -
     name = SnapshotName.parse(snapshot_name)
     open_repository(repository, for_write=True).forget_snapshot(ns, name)
     click.echo(f"removed snapshot {name}", err=True)
+
+
+@snapshot.group("protected")
+def snapshot_protected() -> None:
+    """Show or change whether a snapshot is protected from prune and forget."""
+
+
+@snapshot_protected.command("show")
+@click.argument("snapshot_name", metavar="SNAPSHOT")
+@repository_option
+@ns_option
+def snapshot_protected_show(snapshot_name: str, repository: str | None, ns: Namespace) -> None:
+    """Print true or false."""
+    protected = open_repository(repository).is_protected(ns, SnapshotName.parse(snapshot_name))
+    click.echo("true" if protected else "false")
+
+
+@snapshot_protected.command("update")
+@click.argument("snapshot_name", metavar="SNAPSHOT")
+@click.argument("protected", type=click.BOOL, metavar="true|false")
+@repository_option
+@ns_option
+def snapshot_protected_update(snapshot_name: str, protected: bool, repository: str | None, ns: Namespace) -> None:
+    """Protect SNAPSHOT (true) or remove the protection (false)."""
+    name = SnapshotName.parse(snapshot_name)
+    open_repository(repository, for_write=True).set_protected(ns, name, protected)
+    click.echo(f"snapshot {name} is {'now' if protected else 'no longer'} protected", err=True)
+
+
+@snapshot.group("notes")
+def snapshot_notes() -> None:
+    """Show or change a snapshot's notes (kept in its manifest, as PBS does)."""
+
+
+@snapshot_notes.command("show")
+@click.argument("snapshot_name", metavar="SNAPSHOT")
+@repository_option
+@ns_option
+def snapshot_notes_show(snapshot_name: str, repository: str | None, ns: Namespace) -> None:
+    """Print the notes of SNAPSHOT."""
+    click.echo(open_repository(repository).snapshot_notes(ns, SnapshotName.parse(snapshot_name)), nl=False)
+
+
+@snapshot_notes.command("update")
+@click.argument("snapshot_name", metavar="SNAPSHOT")
+@click.argument("text", required=False)
+@repository_option
+@ns_option
+def snapshot_notes_update(snapshot_name: str, text: str | None, repository: str | None, ns: Namespace) -> None:
+    """Replace the notes of SNAPSHOT with TEXT (read from stdin when TEXT is - or omitted)."""
+    store = open_repository(repository, for_write=True)
+    store.write_snapshot_notes(ns, SnapshotName.parse(snapshot_name), sys.stdin.read() if text in (None, "-") else text)
 
 
 def register(cli: click.Group) -> None:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import mmap
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from cairn.datastore.chunk_store import ChunkStore
-from cairn.datastore.fsutil import replace_file
+from cairn.datastore.fsutil import fsync_dir, replace_file
 from cairn.datastore.locking import DirLock, lock_path
 from cairn.datastore.names import (
     BACKUP_TYPES,
@@ -45,6 +45,11 @@ OWNER_FILE = "owner"
 DEFAULT_OWNER = "root@pam"
 MAINTENANCE_FILE = ".cairn-maintenance"
 MAINTENANCE_MODES = ("read-only", "offline")
+WRITERS_DIR = ".cairn-writers"  # one marker per running BackupWriter (writer.py writes them)
+GC_STATUS_FILE = ".gc-status"  # PBS writes the last GarbageCollectionStatus here
+GC_LOCK_FILE = ".cairn-gc.lck"
+VERIFY_STATUS_FILE = ".cairn-verify-status"
+INDEX_SUFFIXES = (".fidx", ".didx")
 
 
 @dataclass
@@ -57,10 +62,20 @@ class SnapshotInfo:
     manifest: Manifest | None
     protected: bool
     files: list[str] = field(default_factory=list)
+    manifest_error: str | None = None  # the manifest exists but cannot be read
 
     @property
     def complete(self) -> bool:
         return self.manifest is not None
+
+    @property
+    def finished(self) -> bool:
+        """The manifest file exists (readable or not): what PBS calls a finished snapshot.
+
+        Prune must treat a snapshot whose manifest was damaged as finished, not as a partial
+        backup to throw away; verify reports it as failed.
+        """
+        return self.manifest is not None or self.manifest_error is not None
 
     @property
     def size(self) -> int:
@@ -92,12 +107,18 @@ class Datastore:
         return cls(base)
 
     @classmethod
-    def open(cls, path: str | Path, for_write: bool = False) -> Datastore:
+    def open(cls, path: str | Path, for_write: bool = False, ignore_maintenance: bool = False) -> Datastore:
+        """Open a store; refuse it in maintenance mode ``offline``, and writes in ``read-only``.
+
+        ``ignore_maintenance`` is for the one command that must work in any mode: changing it.
+        """
         base = Path(path).absolute()
         if not base.is_dir():
             raise StoreError(f"no datastore at {base} (create one with 'cairn init {base}')")
         store = cls(base)
         store.chunks.check_layout()
+        if ignore_maintenance:
+            return store
         mode = store.maintenance_mode()
         if mode == "offline":
             raise StoreError(f"datastore {base} is in maintenance mode 'offline'")
@@ -251,11 +272,15 @@ class Datastore:
 
     def _snapshot_info(self, ns: Namespace, name: SnapshotName, path: Path) -> SnapshotInfo:
         manifest = None
+        error = None
         manifest_path = path / MANIFEST_BLOB_NAME
         if manifest_path.exists():
-            manifest = self.load_manifest_file(manifest_path)
+            try:
+                manifest = self.load_manifest_file(manifest_path)
+            except FormatError as err:
+                error = str(err)
         files = sorted(p for p in os.listdir(path) if not p.startswith("."))
-        return SnapshotInfo(ns, name, path, manifest, (path / PROTECTED_MARKER).exists(), files)
+        return SnapshotInfo(ns, name, path, manifest, (path / PROTECTED_MARKER).exists(), files, error)
 
     def snapshot(self, ns: Namespace, name: SnapshotName) -> SnapshotInfo:
         self.require_group(ns, name.group)
@@ -266,6 +291,8 @@ class Datastore:
 
     def complete_snapshot(self, ns: Namespace, name: SnapshotName) -> SnapshotInfo:
         info = self.snapshot(ns, name)
+        if info.manifest_error is not None:
+            raise FormatError(info.manifest_error)
         if info.manifest is None:
             raise NotFoundError(f"snapshot {name} is incomplete (it has no manifest)")
         return info
@@ -298,18 +325,29 @@ class Datastore:
         return lock_path(self.snapshot_path(ns, name), exclusive, f"snapshot {name}", timeout)
 
     def set_protected(self, ns: Namespace, name: SnapshotName, protected: bool) -> None:
+        """Create or remove PBS's ``.protected`` marker.
+
+        A shared lock is enough: it keeps a removal (exclusive) from racing the change, while
+        readers and verify may go on.
+        """
         marker = self.snapshot(ns, name).path / PROTECTED_MARKER
-        if protected:
-            marker.touch()
-        else:
-            marker.unlink(missing_ok=True)
+        with self.lock_snapshot(ns, name, exclusive=False, timeout=10):
+            if protected:
+                replace_file(marker, b"")
+            else:
+                marker.unlink(missing_ok=True)
+                fsync_dir(marker.parent)
+
+    def is_protected(self, ns: Namespace, name: SnapshotName) -> bool:
+        return (self.snapshot(ns, name).path / PROTECTED_MARKER).exists()
 
     def forget_snapshot(self, ns: Namespace, name: SnapshotName) -> None:
         """Remove a snapshot directory; refused while it is protected or in use."""
         info = self.snapshot(ns, name)
-        if info.protected:
-            raise UsageError(f"snapshot {name} is protected; unprotect it before removing it")
         with self.lock_snapshot(ns, name, exclusive=True):
+            # Checked under the lock, which a protection change also takes.
+            if (info.path / PROTECTED_MARKER).exists():
+                raise UsageError(f"snapshot {name} is protected; unprotect it before removing it")
             # Remove the manifest first: if we are interrupted, what is left is an
             # incomplete snapshot, never a complete one with missing archives.
             (info.path / MANIFEST_BLOB_NAME).unlink(missing_ok=True)
@@ -352,8 +390,63 @@ class Datastore:
     def group_notes_path(self, ns: Namespace, group: GroupName) -> Path:
         return self.require_group(ns, group)
 
+    def group_notes(self, ns: Namespace, group: GroupName) -> str:
+        return self.read_notes(self.require_group(ns, group))
+
     def write_group_notes(self, ns: Namespace, group: GroupName, text: str) -> None:
         replace_file(self.require_group(ns, group) / NOTES_FILE, text.encode())
+
+    def snapshot_notes(self, ns: Namespace, name: SnapshotName) -> str:
+        """PBS keeps a snapshot's notes in the manifest's unsigned ``notes`` field."""
+        return str(self.complete_snapshot(ns, name).manifest.unprotected.get("notes") or "")
+
+    def write_snapshot_notes(self, ns: Namespace, name: SnapshotName, text: str) -> None:
+        def update(unprotected: dict) -> None:
+            unprotected["notes"] = text
+
+        self.update_manifest_unprotected(ns, name, update)
+
+    # -- store-wide files used by garbage collection, verify and status ---------------------
+
+    def iter_index_files(self) -> Iterator[Path]:
+        """Every ``.fidx``/``.didx`` file below the store, skipping hidden entries (as PBS).
+
+        Index files anywhere count, including those of incomplete snapshots and of paths
+        outside the usual scheme: garbage collection must err on the side of keeping chunks.
+        A directory that cannot be read stops the walk with an error, since skipping it
+        could let garbage collection remove chunks it still needs.
+        """
+
+        def fail(err: OSError) -> None:
+            if isinstance(err, FileNotFoundError):
+                return  # removed while we walked: a pruned snapshot
+            if err.filename and Path(err.filename).name == "lost+found":
+                return
+            raise StoreError(f"cannot read {err.filename}: {err.strerror}; refusing to go on")
+
+        for directory, subdirs, files in os.walk(self.base, onerror=fail):
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.endswith(INDEX_SUFFIXES) and not name.startswith("."):
+                    yield Path(directory) / name
+
+    def writer_markers_dir(self) -> Path:
+        return self.base / WRITERS_DIR
+
+    def gc_status_path(self) -> Path:
+        return self.base / GC_STATUS_FILE
+
+    def verify_status_path(self) -> Path:
+        return self.base / VERIFY_STATUS_FILE
+
+    def lock_gc(self) -> DirLock:
+        """The exclusive lock one garbage collection holds from start to end."""
+        path = self.base / GC_LOCK_FILE
+        return lock_path(path, True, f"garbage collection of {self.base}", directory=False)
+
+    def chunk_probe_path(self) -> Path:
+        """A scratch file inside the chunk directory, for the atime check of GC."""
+        return self.chunks.chunk_dir / ".cairn-atime-probe"
 
 
 def _in_ns(ns: Namespace) -> str:
