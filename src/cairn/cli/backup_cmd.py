@@ -11,6 +11,7 @@ from cairn.cli.output import human_size
 from cairn.client.backup import BackupJob, run_backup
 from cairn.client.keys import CRYPT_MODES, backup_crypto, find_key
 from cairn.client.pxar.create import TreeOptions
+from cairn.client.pxar.previous import CHANGE_DETECTION_MODES
 from cairn.client.repository import open_repository
 from cairn.client.restore import restore_archive
 from cairn.client.spec import parse_backup_spec
@@ -35,17 +36,22 @@ from cairn.datastore.names import BACKUP_TYPES, GroupName, Namespace, SnapshotNa
               help="pxar: also descend into the file system mounted at PATH (repeatable).")
 @click.option("--fail-on-unreadable", is_flag=True,
               help="pxar: discard the backup and fail if any file could not be read.")
+@click.option("--change-detection-mode", "change_detection_mode", type=click.Choice(CHANGE_DETECTION_MODES),
+              default="legacy", show_default=True,
+              help="pxar: legacy (one .pxar archive), data (split .mpxar/.ppxar archives) or "
+                   "metadata (split, and unchanged files reuse the previous snapshot's data unread).")
 def backup(specs: tuple[str, ...], repository: str | None, ns: Namespace, backup_type: str,
            backup_id: str | None, backup_time: int | None, crypt_mode: str | None, keyfile: str | None,
            keyfd: int | None, passphrase_fd: int | None, master_pubkey_file: str | None,
-           exclude: tuple[str, ...], include_dev: tuple[str, ...], fail_on_unreadable: bool) -> None:
+           exclude: tuple[str, ...], include_dev: tuple[str, ...], fail_on_unreadable: bool,
+           change_detection_mode: str) -> None:
     """Back up SPECs (disk.img:/dev/sdb, vm.conf:/path, log.log:-) into a new snapshot."""
     parsed = [parse_backup_spec(spec) for spec in specs]
     group = GroupName(backup_type, backup_id or socket.gethostname().split(".")[0])
     store = open_repository(repository, for_write=True)
     crypto = backup_crypto(crypt_mode, keyfile, keyfd, master_pubkey_file, passphrase_fd)
     job = BackupJob(ns, group, backup_time, crypto.cipher, crypto.mode, crypto.master_key_payload)
-    job.tree_options = TreeOptions(list(exclude), list(include_dev), fail_on_unreadable)
+    job.tree_options = TreeOptions(list(exclude), list(include_dev), fail_on_unreadable, change_detection_mode)
     result = run_backup(store, parsed, job)
     rate = result.bytes_read / result.seconds if result.seconds > 0 else 0
     click.echo(

@@ -44,6 +44,7 @@ class BackupResult:
     bytes_new: int
     bytes_read: int
     seconds: float
+    trees: TreeBackup | None = None  # pxar archives' statistics (files read, reused...)
 
 
 def run_backup(store: Datastore, specs: list[BackupSpec], job: BackupJob) -> BackupResult:
@@ -66,7 +67,11 @@ def run_backup(store: Datastore, specs: list[BackupSpec], job: BackupJob) -> Bac
                     writer.add_blob(spec.archive, encode_blob(source, chunk_cipher), job.crypt_mode)
                 else:
                     if trees is None:
-                        trees = TreeBackup(writer, codec, job.crypt_mode, job.tree_options)
+                        keyed = job.cipher is not None and job.crypt_mode != "none"
+                        fingerprint = job.cipher.fingerprint_str() if keyed else None
+                        trees = TreeBackup(
+                            writer, codec, job.crypt_mode, job.tree_options, fingerprint=fingerprint
+                        )
                     bytes_read += trees.add(spec.archive, source)
             if trees is not None:
                 trees.finish()
@@ -87,7 +92,7 @@ def run_backup(store: Datastore, specs: list[BackupSpec], job: BackupJob) -> Bac
     stats = writer.stats
     return BackupResult(
         writer.name, manifest, stats.chunks_new, stats.chunks_reused, stats.bytes_new, bytes_read,
-        time.monotonic() - started,
+        time.monotonic() - started, trees,
     )
 
 

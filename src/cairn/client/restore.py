@@ -76,7 +76,7 @@ def restore_archive(
 ) -> RestoreResult:
     info, cipher = open_snapshot(store, ns, name, key)
     file_info = resolve_archive(info.manifest, archive)
-    if patterns and not file_info.filename.endswith(".pxar.didx"):
+    if patterns and not file_info.filename.endswith((".pxar.didx", ".mpxar.didx")):
         raise UsageError("--pattern applies to pxar archives only")
     chunk_cipher = cipher if file_info.crypt_mode == "encrypt" else None
     with store.lock_snapshot(ns, name, exclusive=False, timeout=10):

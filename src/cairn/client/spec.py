@@ -38,7 +38,16 @@ def parse_backup_spec(text: str) -> BackupSpec:
 
 
 def archive_candidates(name: str) -> list[str]:
-    """Archive file names a user may mean by ``name`` (the extension may be left out)."""
+    """Archive file names a user may mean by ``name`` (the extension may be left out).
+
+    ``NAME.pxar`` also means the split form PBS's data and metadata change-detection modes
+    write: the metadata archive ``NAME.mpxar.didx`` (its payload archive goes with it).
+    """
+    if name.endswith(".pxar.didx"):
+        return [name, name.removesuffix(".pxar.didx") + ".mpxar.didx"]
     if name.endswith((".fidx", ".didx", ".blob")):
         return [name]
-    return [name + ".fidx", name + ".didx", name + ".blob", name]
+    candidates = [name + ".fidx", name + ".didx", name + ".blob", name]
+    if name.endswith(".pxar"):
+        candidates.append(name.removesuffix(".pxar") + ".mpxar.didx")
+    return candidates

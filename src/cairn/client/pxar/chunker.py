@@ -8,10 +8,17 @@ which only costs deduplication against chunks PBS itself wrote, never correctnes
 FastCDC starts every chunk afresh, so where a chunk ends depends only on the bytes from its
 own start. Cutting a buffer and keeping back its last piece (which only ended because the
 buffer did) therefore gives exactly the cuts a single pass over the whole stream would.
+
+A payload stream (split archives) also takes suggested boundaries, the offsets where files
+start, as PBS's payload chunker does: a chunk that has reached the minimum size ends at the
+next file start if that comes before its content-defined cut. Chunks then tend to begin with
+a file, so a later metadata-mode backup can reuse runs of unchanged files with little
+padding.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 
 from pyfastcdc import FastCDC
@@ -37,6 +44,18 @@ class StreamChunker:
         self._cdc = FastCDC(_FASTCDC_AVERAGE, min_size=MIN_CHUNK, max_size=MAX_CHUNK)
         self._pieces: list[Buffer] = []
         self._pending = 0
+        self._base = 0  # stream offset of the first byte held back
+        self._hints: deque[int] = deque()  # suggested boundaries (stream offsets), ascending
+
+    def suggest(self, offset: int) -> None:
+        """Prefer to cut at stream ``offset`` (a file starts there)."""
+        if not self._hints or offset > self._hints[-1]:
+            self._hints.append(offset)
+
+    def skip(self, size: int) -> None:
+        """Account for ``size`` stream bytes added elsewhere (after ``finish``)."""
+        assert not self._pending
+        self._base += size
 
     def feed(self, data: Buffer) -> Iterator[memoryview]:
         """Take ``data``; yield the chunks it completes (possibly none)."""
@@ -59,6 +78,10 @@ class StreamChunker:
         view = memoryview(buf).toreadonly()
         self._pieces = []
         self._pending = 0
+        if self._hints:
+            yield from self._cut_hinted(view, final)
+            return
+        self._base += len(view)
         chunks = list(self._cdc.cut_buf(view))
         keep = None if final else chunks.pop()
         for chunk in chunks:
@@ -66,3 +89,26 @@ class StreamChunker:
         if keep is not None:
             self._pieces.append(view[keep.offset :])
             self._pending = keep.length
+            self._base -= keep.length
+
+    def _cut_hinted(self, view: memoryview, final: bool) -> Iterator[memoryview]:
+        """Like the plain cut, but ending a chunk early at a suggested boundary."""
+        hints = self._hints
+        base = self._base
+        size = len(view)
+        pos = 0
+        while pos < size:
+            while hints and hints[0] - base <= pos:
+                hints.popleft()
+            first = next(iter(self._cdc.cut_buf(view[pos:])))
+            end = pos + first.length
+            if hints and pos + MIN_CHUNK <= hints[0] - base < end:
+                end = hints[0] - base
+            if end == size and not final:
+                break  # it only ends because the buffer does
+            yield view[pos:end]
+            pos = end
+        self._base = base + pos
+        if pos < size:
+            self._pieces.append(view[pos:])
+            self._pending = size - pos

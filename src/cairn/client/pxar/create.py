@@ -17,6 +17,7 @@ readable.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -24,10 +25,12 @@ from dataclasses import dataclass, field
 
 from cairn.errors import FormatError, SourceError
 from cairn.format.catalog import CatalogWriter
-from cairn.format.pxar import S_IFREG, Encoder, Metadata
+from cairn.format.pxar import S_IFREG, Accessor, Directory, Encoder, EntryKind, Metadata
+from cairn.format.pxar.encoder import WriteFn
 
 from . import posix_acl
 from .exclude import MatchEntry, MatchType, match, parse_pattern, parse_pxarexclude
+from .reuse import PayloadReuser
 from .util import raise_fd_limit, show
 
 PXAREXCLUDE = ".pxarexclude"
@@ -48,6 +51,7 @@ class TreeOptions:
     exclude: list[str] = field(default_factory=list)  # --exclude patterns, in order
     include_dev: list[str] = field(default_factory=list)  # paths whose devices are crossed into
     fail_on_unreadable: bool = False
+    change_detection_mode: str = "legacy"  # legacy | data | metadata, as PBS
 
 
 @dataclass
@@ -57,6 +61,7 @@ class TreeStats:
     unreadable: int = 0
     vanished: int = 0
     changed: int = 0
+    content_bytes_read: int = 0  # file contents actually read from disk
 
 
 @dataclass
@@ -68,6 +73,7 @@ class _Dir:
     entries: list[tuple[bytes, os.stat_result | None]]
     pattern_count: int
     pos: int = 0
+    previous: Directory | None = None  # the same directory in the reference archive
 
 
 def is_valid_xattr(name: str) -> bool:
@@ -99,8 +105,19 @@ class Archiver:
         catalog: CatalogWriter | None,
         options: TreeOptions,
         warn: Callable[[str], None],
+        *,
+        payload_write: WriteFn | None = None,
+        reuser: PayloadReuser | None = None,
+        previous: Accessor | None = None,
+        suggest_boundary: Callable[[int], None] | None = None,
     ) -> None:
+        """``payload_write`` makes a split (v2) archive; ``reuser`` and ``previous``
+        (metadata mode) let unchanged files reuse the reference archive's payload chunks."""
         self._root = root
+        self._payload_write = payload_write
+        self._reuser = reuser
+        self._previous = previous
+        self._suggest_boundary = suggest_boundary  # tells the payload chunker where files start
         self._write = write
         self._catalog = catalog
         self._warn = warn
@@ -133,12 +150,19 @@ class Archiver:
                 root = self._open_listing(root_fd, b"", is_root=True)
             except OSError as err:
                 raise SourceError(f"cannot read {self._root}: {err.strerror}") from None
+            root.previous = self._previous.open_root() if self._previous is not None else None
             stack.append(root)
             root_fd = -1
-            self._encoder = Encoder(self._write, metadata)
+            self._encoder = Encoder(self._write, metadata, payload_write=self._payload_write, prelude=self._prelude())
+            if self._reuser is not None:
+                self._reuser.encoder = self._encoder
             self._walk(stack)
+            if self._reuser is not None:
+                self._reuser.finish()
             self._encoder.finish()
         finally:
+            if self._reuser is not None:
+                self._reuser.close()
             if root_fd >= 0:
                 os.close(root_fd)
             for frame in stack:
@@ -157,9 +181,7 @@ class Archiver:
                     os.close(frame.fd)
                 del self._patterns[frame.pattern_count :]
                 if stack:
-                    encoder.finish_directory()
-                    if self._catalog is not None:
-                        self._catalog.end_directory()
+                    self._emit(self._end_directory)
                 continue
             name, st = frame.entries[frame.pos]
             frame.pos += 1
@@ -187,7 +209,8 @@ class Archiver:
             if match(self._patterns, b"/" + child_path, st.st_mode) is MatchType.EXCLUDE:
                 continue
             entries.append((name, st))
-        if is_root and self._cli_patterns:
+        if is_root and self._cli_patterns and self._payload_write is None:
+            # Split archives keep the excludes in their prelude instead, as PBS does.
             entries.append((PXAREXCLUDE_CLI, None))
         entries.sort(key=lambda item: item[0])
         return _Dir(fd, path, entries, pattern_count)
@@ -206,9 +229,19 @@ class Archiver:
             os.close(efd)
         self._patterns.extend(parse_pxarexclude(content, b"/" + path, self._warn))
 
+    def _cli_exclude_lines(self) -> bytes:
+        return b"".join(entry.as_line() + b"\n" for entry in self._cli_patterns)
+
+    def _prelude(self) -> bytes | None:
+        """PBS's client prelude of a split archive: the command line's excludes as JSON."""
+        if self._payload_write is None or not self._cli_patterns:
+            return None
+        text = self._cli_exclude_lines().decode("utf-8", "surrogateescape")
+        return json.dumps({"exclude-patterns": text}, separators=(",", ":")).encode()
+
     def _add_cli_excludes(self) -> None:
         """PBS records the command line's excludes as a file in the archive root."""
-        content = b"".join(entry.as_line() + b"\n" for entry in self._cli_patterns)
+        content = self._cli_exclude_lines()
         assert self._encoder is not None
         self._encoder.add_file(PXAREXCLUDE_CLI, Metadata(mode=S_IFREG | 0o600), len(content), content)
         if self._catalog is not None:
@@ -221,9 +254,9 @@ class Archiver:
         mode = st.st_mode
         try:
             if stat.S_ISREG(mode):
-                self._add_file(parent.fd, name, path)
+                self._add_file(parent, name, path)
             elif stat.S_ISDIR(mode):
-                return self._add_directory(parent.fd, name, path)
+                return self._add_directory(parent, name, path)
             elif stat.S_ISLNK(mode):
                 self._add_symlink(parent.fd, name, path, st)
             elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
@@ -233,39 +266,89 @@ class Archiver:
             self._unreadable(path, str(err).removeprefix("pxar: "))
         return None
 
-    def _add_file(self, dir_fd: int, name: bytes, path: bytes) -> None:
-        fd = self._open(dir_fd, name, path, os.O_RDONLY)
+    def _add_file(self, parent: _Dir, name: bytes, path: bytes) -> None:
+        fd = self._open(parent.fd, name, path, os.O_RDONLY)
         if fd is None:
             return
+        held = False
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 self._changed(path)
                 return
-            encoder = self._encoder
-            assert encoder is not None
             key = (st.st_dev, st.st_ino)
+            self.stats.entries += 1
             if st.st_nlink > 1 and key in self._links:
                 target, offset = self._links[key]
-                encoder.add_hardlink(name, target, offset)
-                if self._catalog is not None:
-                    self._catalog.add_hardlink(name)
-                self.stats.entries += 1
+                self._emit(lambda: self._write_hardlink(name, target, offset))
                 return
             metadata = self._metadata(st, fd)
-            size = st.st_size
-            offset = encoder.add_file(name, metadata, size, self._content(fd, st, path))
-            if self._catalog is not None:
-                self._catalog.add_file(name, size, st.st_mtime_ns // _NANOS)
-            if st.st_nlink > 1:
-                self._links[key] = (path, offset)
-            self.stats.entries += 1
-            self.stats.file_bytes += size
-            after = os.fstat(fd)
-            if (after.st_mtime_ns, after.st_ctime_ns, after.st_size) != (st.st_mtime_ns, st.st_ctime_ns, size):
-                self._changed(path)
+            self.stats.file_bytes += st.st_size
+            reuser = self._reuser
+            if reuser is not None:
+                if reuser.full:
+                    reuser.flush(keep_last_chunk=True)
+                # Files with several names are always read, so the first name is written
+                # (and its offset known) before any later name links to it.
+                span = None
+                if st.st_nlink == 1:
+                    span = reuser.reusable_range(parent.previous, name, metadata, st.st_size)
+                if span is not None:
+                    reuser.add_file(
+                        span,
+                        lambda offset: self._write_reused(name, metadata, st, offset),
+                        lambda: self._write_file(fd, name, path, st, metadata),
+                        fd,
+                    )
+                    held = True
+                    return
+                reuser.flush()
+            self._write_file(fd, name, path, st, metadata)
         finally:
-            os.close(fd)
+            if not held:
+                os.close(fd)
+
+    def _write_file(self, fd: int, name: bytes, path: bytes, st: os.stat_result, metadata: Metadata) -> None:
+        """Read the file and add it with its contents."""
+        encoder = self._encoder
+        assert encoder is not None
+        size = st.st_size
+        if self._suggest_boundary is not None:
+            self._suggest_boundary(encoder.payload_position)
+        offset = encoder.add_file(name, metadata, size, self._content(fd, st, path))
+        if self._catalog is not None:
+            self._catalog.add_file(name, size, st.st_mtime_ns // _NANOS)
+        if st.st_nlink > 1:
+            self._links[(st.st_dev, st.st_ino)] = (path, offset)
+        after = os.fstat(fd)
+        if (after.st_mtime_ns, after.st_ctime_ns, after.st_size) != (st.st_mtime_ns, st.st_ctime_ns, size):
+            self._changed(path)
+
+    def _write_reused(self, name: bytes, metadata: Metadata, st: os.stat_result, payload_offset: int) -> None:
+        """Add an unchanged file whose payload the reuser injects at ``payload_offset``."""
+        assert self._encoder is not None
+        self._encoder.add_payload_ref(name, metadata, st.st_size, payload_offset)
+        if self._catalog is not None:
+            self._catalog.add_file(name, st.st_size, st.st_mtime_ns // _NANOS)
+
+    def _write_hardlink(self, name: bytes, target: bytes, offset: int) -> None:
+        assert self._encoder is not None
+        self._encoder.add_hardlink(name, target, offset)
+        if self._catalog is not None:
+            self._catalog.add_hardlink(name)
+
+    def _emit(self, write: Callable[[], object]) -> None:
+        """Write an entry now, or queue it behind held-back reusable files (metadata mode)."""
+        if self._reuser is not None and self._reuser.holding:
+            self._reuser.hold(write)
+        else:
+            write()
+
+    def _end_directory(self) -> None:
+        assert self._encoder is not None
+        self._encoder.finish_directory()
+        if self._catalog is not None:
+            self._catalog.end_directory()
 
     def _content(self, fd: int, st: os.stat_result, path: bytes) -> Iterator[bytes | memoryview]:
         """Exactly ``st_size`` bytes of the file; holes of a sparse file are not read."""
@@ -301,33 +384,51 @@ class Archiver:
                 yield from _zeros(size - pos)
                 return
             pos += len(block)
+            self.stats.content_bytes_read += len(block)
             yield block
 
-    def _add_directory(self, dir_fd: int, name: bytes, path: bytes) -> _Dir | None:
-        fd = self._open(dir_fd, name, path, os.O_RDONLY | os.O_DIRECTORY)
+    def _add_directory(self, parent: _Dir, name: bytes, path: bytes) -> _Dir | None:
+        fd = self._open(parent.fd, name, path, os.O_RDONLY | os.O_DIRECTORY)
         if fd is None:
             return None
         try:
             st = os.fstat(fd)
             metadata = self._metadata(st, fd)
-            encoder = self._encoder
-            assert encoder is not None
-            encoder.create_directory(name, metadata)
+            self._emit(lambda: self._start_directory(name, metadata))
         except BaseException:
             os.close(fd)
             raise
-        if self._catalog is not None:
-            self._catalog.start_directory(name)
         self.stats.entries += 1
         if st.st_dev not in self._devices:
             os.close(fd)
             self._warn(f"{self._display(path)} is a mount point; archived empty (use --include-dev to cross)")
             return _Dir(-1, path, [], len(self._patterns))
         try:
-            return self._open_listing(fd, path)
+            frame = self._open_listing(fd, path)
         except OSError as err:
             self._unreadable(path, err.strerror or str(err))
             return _Dir(fd, path, [], len(self._patterns))
+        frame.previous = self._previous_directory(parent.previous, name)
+        return frame
+
+    def _start_directory(self, name: bytes, metadata: Metadata) -> None:
+        assert self._encoder is not None
+        self._encoder.create_directory(name, metadata)
+        if self._catalog is not None:
+            self._catalog.start_directory(name)
+
+    def _previous_directory(self, previous: Directory | None, name: bytes) -> Directory | None:
+        """The subdirectory ``name`` of ``previous`` in the reference archive, if any."""
+        if previous is None:
+            return None
+        try:
+            entry = previous.lookup(name)
+            if entry is None or entry.kind is not EntryKind.DIRECTORY:
+                return None
+            assert self._previous is not None
+            return self._previous.open_directory(entry)
+        except FormatError:
+            return None
 
     def _add_symlink(self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result) -> None:
         try:
@@ -338,11 +439,15 @@ class Archiver:
         except OSError as err:
             self._unreadable(path, err.strerror or str(err))
             return
+        metadata = self._metadata(st, None)
+        self._emit(lambda: self._write_symlink(name, metadata, target))
+        self.stats.entries += 1
+
+    def _write_symlink(self, name: bytes, metadata: Metadata, target: bytes) -> None:
         assert self._encoder is not None
-        self._encoder.add_symlink(name, self._metadata(st, None), target)
+        self._encoder.add_symlink(name, metadata, target)
         if self._catalog is not None:
             self._catalog.add_symlink(name)
-        self.stats.entries += 1
 
     def _add_special(self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result) -> None:
         fd = self._open(dir_fd, name, path, os.O_PATH)
@@ -353,6 +458,13 @@ class Archiver:
             metadata = self._metadata(st, f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
+        if not (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            self._changed(path)
+            return
+        self._emit(lambda: self._write_special(name, metadata, st))
+        self.stats.entries += 1
+
+    def _write_special(self, name: bytes, metadata: Metadata, st: os.stat_result) -> None:
         encoder = self._encoder
         assert encoder is not None
         catalog = self._catalog
@@ -360,17 +472,13 @@ class Archiver:
             encoder.add_fifo(name, metadata)
             if catalog is not None:
                 catalog.add_fifo(name)
-        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        else:
             encoder.add_device(name, metadata, os.major(st.st_rdev), os.minor(st.st_rdev))
             if catalog is not None:
                 if stat.S_ISBLK(st.st_mode):
                     catalog.add_block_device(name)
                 else:
                     catalog.add_char_device(name)
-        else:
-            self._changed(path)
-            return
-        self.stats.entries += 1
 
     # --- metadata -------------------------------------------------------------------------
 

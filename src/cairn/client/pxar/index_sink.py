@@ -10,14 +10,17 @@ memory stays flat however large the tree is.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cairn.client.chunks import ChunkCodec, StoredChunk
 from cairn.client.pipeline import default_workers
 from cairn.client.progress import Progress
 from cairn.datastore.writer import BackupWriter, DynamicIndexWriter
+from cairn.errors import IntegrityError
 
 from .chunker import Buffer, StreamChunker
+from .reuse import ReusedChunk
 
 
 class IndexSink:
@@ -61,6 +64,36 @@ class IndexSink:
         self.size += stored.size
         if self._progress is not None:
             self._progress.advance(stored.size)
+
+    def suggest_boundary(self, offset: int) -> None:
+        """A file starts at stream ``offset``: prefer a chunk boundary there."""
+        self._chunker.suggest(offset)
+
+    def inject(self, chunks: Sequence[ReusedChunk]) -> None:
+        """Cut the stream here and append already stored chunks as they are.
+
+        Used for the previous snapshot's payload chunks in metadata mode: nothing is read or
+        hashed, the chunks are only checked to exist and touched (so garbage collection
+        keeps them), like any chunk a backup reuses.
+        """
+        for chunk in self._chunker.finish():
+            self._submit(chunk)
+        while self._pending:
+            self._collect()
+        chunk_store = self._writer.store.chunks
+        self._chunker.skip(sum(chunk.size for chunk in chunks))
+        for chunk in chunks:
+            if not chunk_store.touch(chunk.digest):
+                raise IntegrityError(
+                    f"chunk {chunk.digest.hex()} of the previous snapshot is missing; "
+                    "back up with --change-detection-mode data"
+                )
+            stored = StoredChunk(chunk.digest, chunk.size, 0)
+            self._index.add(stored.digest, stored.size)
+            self._writer.stats.record(stored)
+            self.size += stored.size
+            if self._progress is not None:
+                self._progress.advance(stored.size)
 
     def close(self, crypt_mode: str) -> int:
         """Store what is left, write the index and list it in the manifest; returns the size."""

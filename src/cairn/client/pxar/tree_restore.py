@@ -94,11 +94,18 @@ def restore_tree(
     patterns: Sequence[str] = (),
     warn: Callable[[str], None] = stderr_warning,
 ) -> TreeRestoreResult:
-    """Restore ``file_info`` (a ``.pxar.didx``) to the directory ``target``, or any ``.didx``
-    as raw bytes to ``-`` (standard output)."""
-    if target != "-" and not file_info.filename.endswith(".pxar.didx"):
+    """Restore ``file_info`` (a ``.pxar.didx``, or the ``.mpxar.didx`` of a split archive) to
+    the directory ``target``, or any other ``.didx`` as raw bytes to ``-`` (standard output)."""
+    split = file_info.filename.endswith(".mpxar.didx")
+    if target != "-" and not split and not file_info.filename.endswith(".pxar.didx"):
         raise UsageError(f"{file_info.filename} is not a pxar archive; restore it to - for its raw bytes")
+    if target == "-" and split:
+        raise UsageError(
+            f"{file_info.filename} is a split archive (metadata and payload); restore it to a "
+            "directory, or name its .ppxar.didx to get raw bytes"
+        )
     reader = open_index_reader(store, ns, name, file_info, cipher)
+    payload = open_payload_reader(store, ns, name, manifest, file_info, cipher) if split else None
     if target == "-":
         if patterns:
             raise UsageError("--pattern cannot be combined with - (the raw archive goes to stdout)")
@@ -109,7 +116,21 @@ def restore_tree(
         return TreeRestoreResult(0, reader.size, reader.chunk_reads)
     matchers = [parse_pattern(p, MatchType.INCLUDE) for p in patterns]
     catalog = open_catalog(store, ns, name, manifest, cipher) if matchers else None
-    return extract_archive(reader, target, overwrite, matchers, catalog, file_info.filename, warn)
+    return extract_archive(
+        reader, target, overwrite, matchers, catalog, file_info.filename, warn, payload=payload
+    )
+
+
+def open_payload_reader(
+    store: Datastore, ns: Namespace, name: SnapshotName, manifest: Manifest, meta_info: FileInfo, cipher
+) -> ChunkReader:
+    """The payload archive (``NAME.ppxar.didx``) that goes with a split metadata archive."""
+    payload_name = meta_info.filename.removesuffix(".mpxar.didx") + ".ppxar.didx"
+    try:
+        payload_info = manifest.lookup(payload_name)
+    except KeyError:
+        raise IntegrityError(f"snapshot has {meta_info.filename} but not its {payload_name}") from None
+    return open_index_reader(store, ns, name, payload_info, cipher)
 
 
 def extract_archive(
@@ -120,22 +141,26 @@ def extract_archive(
     catalog: tuple[CatalogReader, ChunkReader] | None,
     archive_name: str,
     warn: Callable[[str], None] = stderr_warning,
+    payload: ChunkReader | None = None,
 ) -> TreeRestoreResult:
-    """Extract the archive behind ``reader`` into ``target`` (created if missing)."""
+    """Extract the archive behind ``reader`` into ``target`` (created if missing).
+
+    ``payload`` is the payload archive of a split (``.mpxar``) archive.
+    """
     _prepare_target(target)
     raise_fd_limit()
     problems = Problems(warn)
     extractor = Extractor(target, overwrite, problems)
     try:
         if not matchers:
-            root = _extract_stream(reader, extractor, matchers)
+            root = _extract_stream(reader, extractor, matchers, payload)
             extractor.finish(root)
         elif catalog is not None:
             plan = _plan_from_catalog(catalog[0], archive_name, matchers)
             _extract_plan(Accessor(reader.read_at, reader.size), plan, extractor)
             extractor.finish(None)
         else:
-            _extract_stream(reader, extractor, matchers)
+            _extract_stream(reader, extractor, matchers, payload)
             extractor.finish(None)
     except BaseException:
         extractor.close()
@@ -147,7 +172,8 @@ def extract_archive(
             "(see the warnings above)"
         )
     catalog_reads = catalog[1].chunk_reads if catalog is not None else 0
-    return TreeRestoreResult(extractor.files, extractor.bytes, reader.chunk_reads, catalog_reads)
+    chunk_reads = reader.chunk_reads + (payload.chunk_reads if payload is not None else 0)
+    return TreeRestoreResult(extractor.files, extractor.bytes, chunk_reads, catalog_reads)
 
 
 def _prepare_target(target: str) -> None:
@@ -162,9 +188,12 @@ def _prepare_target(target: str) -> None:
 # --- whole archive, streamed ------------------------------------------------------------------
 
 
-def _extract_stream(reader: ChunkReader, extractor: Extractor, matchers: Sequence[MatchEntry]) -> Metadata | None:
-    """One pass through the archive; returns the root's metadata."""
-    decoder = Decoder(StreamReader(reader.stream()).read)
+def _extract_stream(
+    reader: ChunkReader, extractor: Extractor, matchers: Sequence[MatchEntry], payload: ChunkReader | None = None
+) -> Metadata | None:
+    """One pass through the archive (and its payload stream); returns the root's metadata."""
+    payload_read = StreamReader(payload.stream()).read if payload is not None else None
+    decoder = Decoder(StreamReader(reader.stream()).read, payload_read)
     # Per open directory: [bound PathNode or None, its entry's parent node, its name, the
     # match state outside it]. The decoder has no "directory ends" event, so the end of a
     # directory shows as an entry whose parent is further up.

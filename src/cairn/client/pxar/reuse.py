@@ -1,0 +1,254 @@
+"""Reusing the previous snapshot's payload chunks for unchanged files ("metadata" mode).
+
+In PBS's metadata change-detection mode a file whose metadata equals its entry in the
+previous snapshot's ``.mpxar`` is not read: its PAYLOAD (header and contents) already lies
+in the previous ``.ppxar`` stream, so the chunks holding it are appended to the new payload
+index as they are (no read, no hash) and the new metadata archive points into them with a
+PAYLOAD_REF.
+
+Chunks rarely start and end exactly at file boundaries, so reused chunks carry bytes no file
+of the new archive refers to ("padding"). As PBS does, consecutive reusable files whose
+payloads are contiguous in the previous stream are gathered into one range, and entries
+after the first gathered file are held back (a lookahead), because whether the range is
+worth reusing is only known when it ends: if padding makes up more than 10 % of the chunks
+that cover it, the files are read and encoded again instead. The last chunk of a range may
+be kept back, since the next range can start inside that very chunk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from cairn.errors import FormatError
+from cairn.format.index import DynamicIndex
+from cairn.format.pxar import Directory, EntryKind, Metadata
+from cairn.format.pxar.constants import HEADER_SIZE
+
+CHUNK_PADDING_THRESHOLD = 0.1  # PBS's CHUNK_PADDING_THRESHOLD
+DEFAULT_MAX_CACHED = 512  # files held back with an open fd (PBS's default lookahead size)
+
+
+@dataclass(frozen=True, slots=True)
+class ReusedChunk:
+    """A chunk of the previous payload index, appended again to the new one."""
+
+    digest: bytes
+    size: int
+    padding: int  # bytes of it that no reused file covers
+
+
+@dataclass
+class ReuseStats:
+    files_reused: int = 0
+    files_reencoded: int = 0
+    reused_payload_bytes: int = 0  # PAYLOAD headers and contents referenced, not read
+    injected_chunks: int = 0
+    injected_bytes: int = 0
+    partial_chunks: int = 0
+
+    @property
+    def padding_bytes(self) -> int:
+        return self.injected_bytes - self.reused_payload_bytes
+
+
+def chunks_for_range(index: DynamicIndex, start: int, end: int) -> tuple[list[ReusedChunk], int, int]:
+    """The chunks covering ``[start, end)`` of the stream behind ``index``.
+
+    Returns them with the padding before ``start`` and after ``end`` (counted into the first
+    and the last chunk's ``padding``).
+    """
+    pos = index.chunk_at(start)
+    first_start, _ = index.chunk_range(pos)
+    entries: list[list] = []
+    while True:
+        chunk_start, chunk_end = index.chunk_range(pos)
+        entries.append([index.digest(pos), chunk_end - chunk_start, 0])
+        if chunk_end >= end:
+            break
+        pos += 1
+    start_padding = start - first_start
+    end_padding = chunk_end - end
+    entries[0][2] += start_padding
+    entries[-1][2] += end_padding
+    return [ReusedChunk(*entry) for entry in entries], start_padding, end_padding
+
+
+@dataclass(slots=True)
+class _Held:
+    """An entry held back; files carry their offset in the range and their open fd."""
+
+    run: Callable[[], None] | None  # any entry but a reusable file
+    offset: int = 0
+    reuse: Callable[[int], None] | None = None  # encode a PAYLOAD_REF at this payload offset
+    reencode: Callable[[], None] | None = None  # read the file and encode it
+    fd: int = -1
+    size: int = 0  # bytes of payload (header and contents) it reuses
+
+
+class PayloadReuser:
+    """Decides per file, holds entries back and injects the previous payload chunks.
+
+    ``inject`` appends chunks to the new payload index; ``encoder`` (set once the archive is
+    started) is told about them with ``advance`` so its payload offsets stay right.
+    """
+
+    def __init__(
+        self,
+        payload_index: DynamicIndex,
+        inject: Callable[[list[ReusedChunk]], None],
+        max_cached: int = DEFAULT_MAX_CACHED,
+    ) -> None:
+        self._index = payload_index
+        self._inject_chunks = inject
+        self._max_cached = max(1, max_cached)
+        self.encoder = None  # cairn.format.pxar.Encoder, set by the Archiver
+        self.stats = ReuseStats()
+        self._held: list[_Held] = []
+        self._files = 0
+        self._range: tuple[int, int] | None = None
+        self._kept: ReusedChunk | None = None
+
+    # --- decisions ------------------------------------------------------------------------
+
+    def reusable_range(
+        self, previous: Directory | None, name: bytes, metadata: Metadata, size: int
+    ) -> tuple[int, int] | None:
+        """Where the file's PAYLOAD lies in the previous payload stream, if it is unchanged.
+
+        Unchanged means what PBS compares: the whole pxar metadata (mode, flags, owner, mtime,
+        xattrs, ACLs, capabilities, project id); Cairn also requires the same size.
+        """
+        if previous is None:
+            return None
+        try:
+            entry = previous.lookup(name)
+        except FormatError:
+            return None
+        if entry is None or entry.kind is not EntryKind.FILE or entry.payload_offset is None:
+            return None
+        if entry.size != size or entry.metadata != metadata:
+            return None
+        start = entry.payload_offset
+        end = start + HEADER_SIZE + size
+        if end > self._index.size:
+            return None
+        return start, end
+
+    @property
+    def holding(self) -> bool:
+        """Entries are held back: anything added now must queue behind them."""
+        return bool(self._held)
+
+    @property
+    def full(self) -> bool:
+        return self._files >= self._max_cached
+
+    # --- queueing -------------------------------------------------------------------------
+
+    def hold(self, run: Callable[[], None]) -> None:
+        """Queue a non-file entry (directory start or end, link, device...) in order."""
+        self._held.append(_Held(run))
+
+    def add_file(
+        self,
+        span: tuple[int, int],
+        reuse: Callable[[int], None],
+        reencode: Callable[[], None],
+        fd: int,
+    ) -> None:
+        """Hold back a reusable file; its payload is ``span`` in the previous stream."""
+        if self._range is not None and self._range[1] != span[0]:
+            self.flush(keep_last_chunk=True)  # a hole: the range ends here
+        if self._range is None:
+            self._range = span
+        else:
+            self._range = (self._range[0], span[1])
+        offset = span[0] - self._range[0]
+        self._held.append(_Held(None, offset, reuse, reencode, fd, span[1] - span[0]))
+        self._files += 1
+
+    # --- flushing -------------------------------------------------------------------------
+
+    def flush(self, keep_last_chunk: bool = False) -> None:
+        """Write every held entry, reusing the range's chunks unless padding is too high."""
+        held, self._held = self._held, []
+        span, self._range = self._range, None
+        self._files = 0
+        try:
+            if span is None:
+                self._inject_kept()
+                self._run(held, None)
+                return
+            chunks, start_padding, end_padding = chunks_for_range(self._index, *span)
+            kept, self._kept = self._kept, None
+            padding = start_padding + end_padding
+            total = span[1] - span[0] + padding
+            continues = kept is not None and kept.digest == chunks[0].digest
+            if continues:
+                assert kept is not None
+                padding -= kept.size - kept.padding  # used by the range before: not waste
+            if padding / total > CHUNK_PADDING_THRESHOLD:
+                self._kept = kept
+                self._inject_kept()
+                self._run(held, None)
+                return
+            if kept is not None:
+                if continues:
+                    chunks[0] = replace(chunks[0], padding=chunks[0].padding - (kept.size - kept.padding))
+                else:
+                    self._inject([kept])
+            assert self.encoder is not None
+            self._run(held, self.encoder.payload_position + start_padding)
+            if keep_last_chunk:
+                self._kept = chunks.pop()
+            self._inject(chunks)
+        finally:
+            for entry in held:
+                if entry.fd >= 0:
+                    os.close(entry.fd)
+                    entry.fd = -1
+
+    def finish(self) -> None:
+        """Write what is held and inject any kept chunk; call before the encoder finishes."""
+        self.flush(keep_last_chunk=False)
+        self._inject_kept()
+
+    def close(self) -> None:
+        """Release the fds of held files after a failure."""
+        for entry in self._held:
+            if entry.fd >= 0:
+                os.close(entry.fd)
+        self._held = []
+
+    def _run(self, held: list[_Held], base: int | None) -> None:
+        for entry in held:
+            if entry.run is not None:
+                entry.run()
+            elif base is None:
+                assert entry.reencode is not None
+                self.stats.files_reencoded += 1
+                entry.reencode()
+            else:
+                assert entry.reuse is not None
+                self.stats.files_reused += 1
+                self.stats.reused_payload_bytes += entry.size
+                entry.reuse(base + entry.offset)
+
+    def _inject_kept(self) -> None:
+        if self._kept is not None:
+            kept, self._kept = self._kept, None
+            self._inject([kept])
+
+    def _inject(self, chunks: list[ReusedChunk]) -> None:
+        if not chunks:
+            return
+        self._inject_chunks(chunks)
+        size = sum(chunk.size for chunk in chunks)
+        assert self.encoder is not None
+        self.encoder.advance(size)
+        stats = self.stats
+        stats.injected_chunks += len(chunks)
+        stats.injected_bytes += size
+        stats.partial_chunks += sum(1 for chunk in chunks if chunk.padding)
