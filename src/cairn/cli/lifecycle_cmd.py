@@ -38,6 +38,10 @@ def _warn(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _quiet(message: str) -> None:
+    pass
+
+
 # -- prune ----------------------------------------------------------------------------------
 
 _KEEP_NAMES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
@@ -115,11 +119,12 @@ def prune(group: str | None, repository: str | None, ns: Namespace, keep_last, k
     if not options.keeps_something():
         _warn("no --keep-* option given: every snapshot is kept")
     removed = sum(len(r.removed) for r in results)
-    if not dry_run:
-        _warn(f"removed {removed} snapshots; run 'cairn garbage-collect' to free their chunks")
     if failed:
         first, why = next(iter(failed.items()))
-        raise LockError(f"{len(failed)} snapshots marked for removal were kept ({first}: {why})")
+        raise LockError(f"removed {removed} snapshots, but {len(failed)} marked for removal were kept "
+                        f"({first}: {why})")
+    if not dry_run:
+        _warn(f"removed {removed} snapshots; run 'cairn garbage-collect' to free their chunks")
 
 
 def _read_times(source: str) -> list[int]:
@@ -216,15 +221,11 @@ def verify_cmd(target: str | None, repository: str | None, ns: Namespace, max_de
         group=parsed if isinstance(parsed, GroupName) else None,
         snapshot=parsed if isinstance(parsed, SnapshotName) else None,
         max_depth=max_depth, cipher=cipher, ignore_verified=ignore_verified,
-        outdated_after=outdated_after, log=_warn,
+        outdated_after=outdated_after, log=click.echo if output_format == "text" else _quiet,
     )
     if output_format != "text":
         emit_value(report.to_json(), output_format, [])
     else:
-        for result in report.snapshots:
-            name = str(result.name) if result.ns.is_root else f"{result.ns}:{result.name}"
-            detail = f" ({result.reason})" if result.reason else ""
-            click.echo(f"{result.state:7}  {name}{detail}")
         click.echo(f"{report.count('ok')} ok, {report.count('failed')} failed, {report.count('skipped')} skipped; "
                    f"{report.chunks_verified} chunks verified, {report.chunks_corrupt} bad, "
                    f"{human_size(report.bytes_read)} read in {report.finished - report.started:.1f}s")

@@ -39,6 +39,7 @@ _FIXED_HEADER_USED = 80
 _DYNAMIC_HEADER_USED = 64
 _MAX_FAILED_LISTED = 100
 _IN_FLIGHT_PER_WORKER = 4
+_MAX_CHUNK_ERRORS_LISTED = 20
 
 Log = Callable[[str], None]
 
@@ -166,7 +167,12 @@ class Verifier:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="verify") as pool:
             self._pool = pool
             for ns, name in snapshots:
-                self.report.snapshots.append(self.verify_snapshot(ns, name))
+                result = self.verify_snapshot(ns, name)
+                self.report.snapshots.append(result)
+                detail = f" ({result.reason})" if result.reason else ""
+                self.log(f"{result.state:7}  {_display(ns, name)}{detail}")
+                for error in result.errors:
+                    self.log(f"         {error}")
         self.report.finished = time.time()
         try:
             replace_file(self.store.verify_status_path(), json.dumps(self.report.summary_json()).encode())
@@ -195,15 +201,11 @@ class Verifier:
                 return SnapshotResult(ns, name, "skipped", reason="it no longer exists")
             if info.manifest is None:
                 error = info.manifest_error or "manifest is missing"
-                result = SnapshotResult(ns, name, "failed", [error])
-                self.log(f"verify {_display(ns, name)}: failed: {error}")
-                return result
+                return SnapshotResult(ns, name, "failed", [error])
             if not needs_verify(info.manifest, self.ignore_verified, self.outdated_after, self.now):
                 return SnapshotResult(ns, name, "skipped", reason="verified before")
             errors = self._check_snapshot(info)
             state = "failed" if errors else "ok"
-            for error in errors:
-                self.log(f"verify {_display(ns, name)}: {error}")
             self._record(ns, name, state, errors)
             return SnapshotResult(ns, name, state, errors)
 
@@ -234,10 +236,14 @@ class Verifier:
                 path = self.store.archive_path(info.ns, info.name, file_info.filename)
                 if kind == "blob":
                     self._check_blob(path, file_info, cipher)
-                else:
-                    self._check_index(path, kind, file_info, cipher)
+                    continue
+                bad = self._check_index(path, kind, file_info, cipher)
             except (CairnError, OSError) as err:
                 errors.append(f"{file_info.filename}: {_reason(err)}")
+                continue
+            errors.extend(f"{file_info.filename}: {problem}" for problem in bad[:_MAX_CHUNK_ERRORS_LISTED])
+            if len(bad) > _MAX_CHUNK_ERRORS_LISTED:
+                errors.append(f"{file_info.filename}: {len(bad)} bad chunks in all")
         return errors
 
     def _cipher_for(self, manifest: Manifest, errors: list[str]):
@@ -267,7 +273,8 @@ class Verifier:
         elif cipher is not None:
             decode_blob(raw, cipher)
 
-    def _check_index(self, path, kind: str, file_info: FileInfo, cipher) -> None:
+    def _check_index(self, path, kind: str, file_info: FileInfo, cipher) -> list[str]:
+        """Check the index itself (raising), then its chunks: returns the chunks' problems."""
         raw = path.read_bytes()
         self.report.bytes_read += len(raw)
         if kind == "fidx":
@@ -288,21 +295,18 @@ class Verifier:
             problems.append("reserved header bytes are not zero")
         if problems:
             raise FormatError("; ".join(problems))
-        bad = self._check_chunks(index, file_info.crypt_mode == "encrypt", cipher)
-        if bad:
-            raise FormatError(f"{bad} chunks failed verification")
+        return self._check_chunks(index, file_info.crypt_mode == "encrypt", cipher)
 
     # -- chunks ---------------------------------------------------------------------------
 
-    def _check_chunks(self, index: FixedIndex | DynamicIndex, encrypted: bool, cipher) -> int:
-        """Check every chunk of ``index`` not judged before in this run; count the bad."""
-        bad = 0
+    def _check_chunks(self, index: FixedIndex | DynamicIndex, encrypted: bool, cipher) -> list[str]:
+        """Check every chunk of ``index`` not judged before in this run; list the bad ones."""
+        bad: list[str] = []
         in_flight: deque[tuple[bytes, Future]] = deque()
         pending: set[bytes] = set()
         limit = self.workers * _IN_FLIGHT_PER_WORKER
 
         def settle() -> None:
-            nonlocal bad
             digest, future = in_flight.popleft()
             pending.discard(digest)
             problem, size_read = future.result()
@@ -311,21 +315,20 @@ class Verifier:
                 self.verified.add(digest)
                 self.report.chunks_verified += 1
                 return
-            bad += 1
-            self.log(f"chunk {digest.hex()}: {problem}")
             if digest not in self.corrupt:
                 self.corrupt.add(digest)
                 self.report.chunks_corrupt += 1
                 moved = self.store.chunks.rename_corrupt(digest)
                 if moved is not None:
-                    self.log(f"chunk {digest.hex()}: moved aside to {moved.name}")
+                    problem += f" (moved aside as {moved.name[65:]})"
+            bad.append(f"chunk {digest.hex()}: {problem}")
 
         for pos in range(len(index)):
             digest = index.digest(pos)
             if digest in self.verified or digest in pending:
                 continue
             if digest in self.corrupt:
-                bad += 1
+                bad.append(f"chunk {digest.hex()}: found bad earlier in this run")
                 continue
             start, end = index.chunk_range(pos)
             pending.add(digest)
