@@ -10,7 +10,11 @@ import click
 from cairn.cli.common import key_options, ns_option, repository_option
 from cairn.client.keys import find_key
 from cairn.client.pxar.catalog_shell import CatalogShell, format_mtime
-from cairn.client.pxar.tree_restore import open_catalog, open_index_reader
+from cairn.client.pxar.tree_restore import (
+    open_catalog,
+    open_index_reader,
+    open_payload_reader,
+)
 from cairn.client.repository import open_repository
 from cairn.client.restore import open_snapshot, resolve_archive
 from cairn.datastore.names import Namespace, SnapshotName
@@ -66,7 +70,10 @@ def _open(repository, ns, snapshot, keyfile, keyfd, passphrase_fd):
 def _catalog(store, ns, name, info, cipher):
     found = open_catalog(store, ns, name, info.manifest, cipher)
     if found is None:
-        raise NotFoundError(f"snapshot {name} has no catalog (it holds no pxar archive)")
+        raise NotFoundError(
+            f"snapshot {name} has no catalog (it holds no pxar archive, or only split archives "
+            "made with --change-detection-mode data/metadata; use 'cairn mount' or restore --pattern)"
+        )
     return found
 
 
@@ -136,11 +143,17 @@ def mount(snapshot: str, archive: str, mountpoint: str, repository: str | None, 
     fsname = f"cairn:{name}/{file_info.filename}"
     mtime_ns = name.backup_time * 1_000_000_000
     with store.lock_snapshot(ns, name, exclusive=False, timeout=10):
-        if file_info.filename.endswith(".pxar.didx"):
+        if file_info.filename.endswith((".pxar.didx", ".mpxar.didx")):
             from cairn.format.pxar import Accessor
 
             reader = open_index_reader(store, ns, name, file_info, cipher)
-            operations = fuse.PxarFileSystem(Accessor(reader.read_at, reader.size))
+            if file_info.filename.endswith(".mpxar.didx"):  # split archive: contents in .ppxar
+                payload = open_payload_reader(store, ns, name, info.manifest, file_info, cipher)
+                accessor = Accessor(reader.read_at, reader.size, payload_read_at=payload.read_at,
+                                    payload_size=payload.size)
+            else:
+                accessor = Accessor(reader.read_at, reader.size)
+            operations = fuse.PxarFileSystem(accessor)
         elif file_info.filename.endswith((".fidx", ".didx")):
             reader = open_index_reader(store, ns, name, file_info, cipher)
             base = file_info.filename.rsplit(".", 1)[0]
