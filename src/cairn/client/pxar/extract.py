@@ -63,7 +63,7 @@ class Problems:
         """One line per kind of metadata that could not be restored."""
         for kind, (count, path, reason) in sorted(self.metadata.items()):
             example = f" (first: {show(path)}: {reason})"
-            self.warn(f"could not restore {kind} of {count} entr{'y' if count == 1 else 'ies'}{example}")
+            self.warn(f"{kind} could not be restored for {count} entr{'y' if count == 1 else 'ies'}{example}")
 
 
 @dataclass
@@ -221,11 +221,22 @@ class Extractor:
             self.problems.skip(path, f"unexpected file type {file_type:#o} for a special file")
             return
         rdev = os.makedev(*device) if device is not None else 0
+        is_device = file_type in (stat.S_IFCHR, stat.S_IFBLK)
 
         def make() -> None:
-            os.mknod(name, file_type | 0o600, rdev, dir_fd=parent)
+            try:
+                os.mknod(name, file_type | 0o600, rdev, dir_fd=parent)
+            except PermissionError as err:
+                if is_device:
+                    raise _NotPermitted(err) from None
+                raise
 
-        if self._create(parent, name, path, make) is _FAILED:
+        try:
+            if self._create(parent, name, path, make) is _FAILED:
+                return
+        except _NotPermitted as denied:
+            # Only root may make device nodes: a normal user's restore goes on without them.
+            self.problems.metadata_failed("device nodes", path, denied.args[0])
             return
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         try:
@@ -249,7 +260,7 @@ class Extractor:
         key = target_path.strip(b"/")
         record = self._files.get(key)
         if record is None:
-            self.problems.skip(path, f"hardlink target {show(target_path)} was not restored here")
+            self.problems.skip(path, f"hardlink target {show(target_path)} is not a file this restore made")
             return
         parent = self._parent(name)
         if parent is None:
@@ -374,6 +385,10 @@ class Extractor:
             self.problems.metadata_failed("ACLs", path, err)
         except FormatError as err:  # an ACL from the archive that no kernel accepts
             self.problems.metadata_failed("ACLs", path, str(err))
+
+
+class _NotPermitted(Exception):
+    """mknod of a device was refused: expected without root, reported as a limitation."""
 
 
 def _check_name(name: bytes) -> None:
