@@ -5,10 +5,18 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test test-slow bench clean
 
+# System packages for pxar trees and mounts: libfuse3 (pyfuse3 builds against it), fuse3
+# (fusermount3), acl (setfacl, used by the ACL tests). Installed only when missing and root.
+SYSTEM_PACKAGES := libfuse3-dev fuse3 pkg-config acl
+
 $(BIN)/cairn: pyproject.toml
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+	  else echo "make: missing $$missing (not root): mounts and ACL tests are skipped"; fi; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,mount]' || $(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
 ## demo: install Cairn and run its main job on a local datastore under ./demo-work
