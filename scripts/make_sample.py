@@ -31,6 +31,18 @@ def main(out_dir: str) -> None:
         "boot: order=scsi0\ncores: 2\nmemory: 2048\nname: demo-vm\n"
         "scsi0: local-lvm:vm-100-disk-0,size=96G\n"
     )
+    # a small container root file system: a few directories, texts, a symlink, a hardlink
+    root = out / "ct-101-rootfs"
+    for sub in ("etc/network", "usr/bin", "var/log", "home/alice"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "etc/hostname").write_text("ct101\n")
+    (root / "etc/network/interfaces").write_text("auto eth0\niface eth0 inet dhcp\n")
+    (root / "usr/bin/tool").write_bytes(rng.randbytes(300_000))
+    (root / "usr/bin/tool").chmod(0o755)
+    (root / "var/log/syslog").write_text("".join(f"Nov 22 02:00:{i % 60:02d} ct101 demo[{i}]: line {i}\n" for i in range(20000)))
+    (root / "home/alice/notes.txt").write_text("remember the milk\n")
+    (root / "etc/localtime").symlink_to("/usr/share/zoneinfo/UTC")
+    (root / "usr/bin/tool-alias").hardlink_to(root / "usr/bin/tool")
 
 
 if __name__ == "__main__":
