@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error, run_cairn
 
 from cairn.datastore.datastore import Datastore
 from cairn.datastore.names import GroupName, Namespace, SnapshotName
 from cairn.datastore.writer import BackupWriter
 from cairn.format.blob import encode_blob
-from conftest import assert_one_line_error, run_cairn
 
 DAY = 86400
 T0 = 1795312800  # 2026-11-22T02:00:00Z
