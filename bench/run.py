@@ -31,6 +31,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MKDATA = REPO_ROOT.parent / "shared" / "bench" / "mkdata.py"
 SMOKE_SIZE_MB = 24  # the smallest size at which mkdata.py makes every kind of file
 PEERS = ("restic", "borg")
+TOOLS = {  # name: how to make it
+    "cairn": Cairn,
+    "cairn-metadata": lambda: Cairn(detection="metadata"),
+    "restic": Restic,
+    "borg": Borg,
+}
 METRICS = (  # key, header, unit, target ratio for Cairn (None: absolute target)
     ("first_backup", "first backup", "s", 0.5),
     ("rebackup", "unchanged re-backup", "s", 0.5),
@@ -44,7 +50,8 @@ RSS_LIMIT = 256 * 1000 * 1000
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="data set size in MB (default 1024)")
-    parser.add_argument("--tools", default="cairn,restic,borg", help="comma-separated subset of cairn,restic,borg")
+    parser.add_argument("--tools", default=",".join(TOOLS),
+                        help=f"comma-separated subset of {','.join(TOOLS)} (default: all)")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/cairn-bench"),
                         help="work directory for data, repositories and restores (default /var/tmp/cairn-bench)")
     parser.add_argument("--mkdata", type=Path, default=DEFAULT_MKDATA, help="path of the shared mkdata.py")
@@ -54,9 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.smoke:
         args.size_mb = SMOKE_SIZE_MB
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    unknown = set(args.tools) - {"cairn", *PEERS}
+    unknown = set(args.tools) - set(TOOLS)
     if unknown or not args.tools:
-        parser.error(f"unknown tools {sorted(unknown)}; choose from cairn, restic, borg")
+        parser.error(f"unknown tools {sorted(unknown)}; choose from {', '.join(TOOLS)}")
     if args.size_mb < SMOKE_SIZE_MB:
         parser.error(f"--size-mb must be at least {SMOKE_SIZE_MB}")
     return args
@@ -91,10 +98,20 @@ def image_subset(data: Path, work: Path) -> tuple[Path, list[str]]:
 
 
 def prepare(tool: Tool, run: ToolRun) -> None:
-    """A fresh work directory and repository (not measured)."""
-    shutil.rmtree(run.work, ignore_errors=True)
+    """A repository in a fresh work directory (not measured)."""
     run.work.mkdir(parents=True)
     tool.setup(run)
+
+
+def clear(work_dirs: list[Path]) -> None:
+    """Remove earlier runs' repositories and restores, and let the disk settle.
+
+    Deleting gigabytes (on a file system mounted with ``discard``, synchronously) slows
+    everything running at the same time, so it never overlaps a measurement.
+    """
+    for path in work_dirs:
+        shutil.rmtree(path, ignore_errors=True)
+    os.sync()
 
 
 def bench_tool(tool: Tool, run: ToolRun, source: dict) -> dict:
@@ -161,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     tools: list[Tool] = []
     skipped: dict[str, str] = {}
     for name in args.tools:
-        tool = {"cairn": Cairn, "restic": Restic, "borg": Borg}[name]()
+        tool = TOOLS[name]()
         reason = tool.missing()
         if reason:
             print(f"bench: skipping {name}: {reason}", file=sys.stderr)
@@ -171,21 +188,29 @@ def main(argv: list[str] | None = None) -> int:
             tools.append(tool)
 
     data = make_data(args)
-    cairn = next((t for t in tools if isinstance(t, Cairn)), None)
-    if cairn is not None:
-        cairn_run = ToolRun(args.work / cairn.name, data)
+    clear([args.work / tool.name for tool in tools])
+    cairns = [t for t in tools if isinstance(t, Cairn)]
+    for cairn in cairns:
         try:
-            prepare(cairn, cairn_run)
+            prepare(cairn, ToolRun(args.work / cairn.name, data))
         except CommandFailed as err:
-            sys.exit(f"bench: error: cannot set up Cairn: {err}")
-        unsupported = probe_cairn_pxar(cairn, cairn_run)
+            sys.exit(f"bench: error: cannot set up {cairn.name}: {err}")
+    if cairns:
+        unsupported = probe_cairn_pxar(cairns[0], ToolRun(args.work / cairns[0].name, data))
         if unsupported:
-            data, cairn.image_files = image_subset(data, args.work)
+            data, image_files = image_subset(data, args.work)
+            for cairn in cairns:
+                cairn.image_files = image_files
+            tools = [t for t in tools if not (isinstance(t, Cairn) and t.detection)]
             notes.append(f"Cairn has no working pxar backup/restore here ({unsupported}); every tool backs up "
-                         f"only the data set's {len(cairn.image_files)} files of 1 MiB or more, Cairn each as an "
+                         f"only the data set's {len(image_files)} files of 1 MiB or more, Cairn each as an "
                          "image archive (the small-files tree and symlinks are left out)")
         else:
-            notes.append("Cairn backs up the tree as one pxar archive (root.pxar)")
+            notes.append("cairn backs up the tree as one pxar archive (root.pxar, PBS's default legacy mode: "
+                         "a re-backup reads every file again)")
+            if any(c.detection for c in cairns):
+                notes.append("cairn-metadata uses --change-detection-mode metadata (split .mpxar/.ppxar): "
+                             "a re-backup reuses unchanged files' data unread, like restic's and borg's files caches")
 
     load_before = os.getloadavg()[0]
     print("hashing the source tree ...", file=sys.stderr, flush=True)
@@ -201,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     for tool in tools:
         run = ToolRun(args.work / tool.name, data)
         try:
-            if tool is not cairn:
+            if not isinstance(tool, Cairn):
                 prepare(tool, run)
             result = bench_tool(tool, run, source)
         except CommandFailed as err:
@@ -211,11 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             failed = failed or not result["bit_identical"]
             for problem in result["differences"]:
                 print(f"bench: {tool.name} restore differs: {problem}", file=sys.stderr)
-            if not args.keep:
-                shutil.rmtree(run.repo, ignore_errors=True)
-                shutil.rmtree(run.target, ignore_errors=True)
         report["results"][tool.name] = result
     report["load_after"] = os.getloadavg()[0]
+    if not args.keep:
+        clear([args.work / tool.name for tool in tools])
     (args.work / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     print(render_table(report))
     print(f"\n(versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}; "

@@ -144,18 +144,31 @@ class Borg(Tool):
 
 @dataclass
 class Cairn(Tool):
-    """Cairn backs the tree up as one pxar archive, or per file as images without pxar."""
+    """Cairn backs the tree up as one pxar archive, or per file as images without pxar.
+
+    With ``detection="metadata"`` the pxar archive is split (.mpxar/.ppxar) and a re-backup
+    reuses the previous snapshot's data for files whose metadata did not change, as restic's
+    and borg's files caches do; the default ("legacy", PBS's default) reads everything.
+    """
 
     name = "cairn"
+    detection: str | None = None  # --change-detection-mode, None for the default
     python: str = sys.executable
     image_files: list[str] | None = None  # set for the per-file image fallback
     archive_names: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.detection:
+            self.name = f"cairn-{self.detection}"
+
     def missing(self) -> str | None:
         try:
-            subprocess.run([self.python, "-m", "cairn", "--version"], capture_output=True, check=True, timeout=60)
+            result = subprocess.run([self.python, "-m", "cairn", "backup", "--help"], capture_output=True,
+                                    text=True, check=True, timeout=60)
         except (OSError, subprocess.SubprocessError):
             return f"cairn is not importable by {self.python} (run make bench, or use the project's .venv python)"
+        if self.detection and "--change-detection-mode" not in result.stdout:
+            return "this Cairn has no --change-detection-mode"
         return None
 
     def version(self) -> str:
@@ -179,7 +192,8 @@ class Cairn(Tool):
 
     def _specs(self, run: ToolRun) -> list[str]:
         if self.image_files is None:
-            return [f"root.pxar:{run.data}"]
+            mode = ["--change-detection-mode", self.detection] if self.detection else []
+            return [f"root.pxar:{run.data}", *mode]
         self.archive_names = {rel: f"f{i:05d}.img" for i, rel in enumerate(self.image_files)}
         return [f"{name}:{run.data / rel}" for rel, name in self.archive_names.items()]
 
