@@ -79,8 +79,11 @@ class ChunkStore:
         except FileNotFoundError:
             st = None
         if st is not None and st.st_size == len(raw):
-            os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
-            return False
+            try:
+                os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
+                return False
+            except FileNotFoundError:
+                pass  # garbage collection moved it aside just now: write it again
         tmp = temp_name(path)
         try:
             with open(tmp, "xb") as out:

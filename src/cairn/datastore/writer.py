@@ -33,7 +33,6 @@ from cairn.format.index import (
 from cairn.format.manifest import MANIFEST_BLOB_NAME, Manifest
 
 GROUP_LOCK_TIMEOUT = 10.0
-WRITERS_DIR = ".cairn-writers"
 
 
 @dataclass
@@ -160,7 +159,7 @@ class BackupWriter:
     # A marker per running writer lets garbage collection find the oldest writer's start,
     # so it never sweeps a chunk that a running backup has reused but not yet referenced.
     def _register_writer(self) -> None:
-        writers = self.store.base / WRITERS_DIR
+        writers = self.store.writer_markers_dir()
         writers.mkdir(exist_ok=True)
         marker = writers / f"{os.getpid()}-{self.name.backup_time}-{uuid.uuid4().hex[:8]}"
         marker.write_text(f"{time.time()}\n")

@@ -75,6 +75,9 @@ def find_previous(
     if manifest.key_fingerprint != fingerprint:
         info(f"previous snapshot {snapshot.name} was made with another key: every file is read")
         return None
+    if (manifest.unprotected.get("verify_state") or {}).get("state") == "failed":
+        info(f"previous snapshot {snapshot.name} failed verification: every file is read")
+        return None
     if payload_info.crypt_mode != crypt_mode or meta_info.crypt_mode != crypt_mode:
         info(f"previous snapshot {snapshot.name} has another crypt mode: every file is read")
         return None
