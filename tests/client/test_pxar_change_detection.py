@@ -210,3 +210,15 @@ def test_unknown_mode_is_a_usage_error(store_path, source):
     result = run_cairn("backup", f"root.pxar:{source}", "--repository", str(store_path),
                        "--change-detection-mode", "fast", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_snapshot_that_failed_verification_is_no_reference(store_path, source, monkeypatch):
+    backup(store_path, source, "metadata", "failedref", T0)
+    store = Datastore.open(store_path)
+    name = SnapshotName(GroupName("host", "failedref"), T0)
+    store.update_manifest_unprotected(Namespace(), name, lambda u: u.update(verify_state={"state": "failed", "upid": "x"}))
+    counter = ReadCounter(monkeypatch, source)
+    result = backup_in_process(store_path, source, "metadata", "failedref", T0 + 10)
+    assert counter.bytes == file_bytes(source)  # every file read again, none trusted from the bad snapshot
+    assert result.trees.stats[0].content_bytes_read == file_bytes(source)
+    assert all(r.files_reused == 0 for r in result.trees.reuse_stats)
