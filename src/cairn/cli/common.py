@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from cairn.datastore.names import Namespace
@@ -25,3 +27,8 @@ def key_options(command):
                            help="Read the key file from this open file descriptor.")(command)
     return click.option("--keyfile", default=None, metavar="PATH",
                         help="Encryption key file (default: the default key, if one exists).")(command)
+
+
+def read_text_argument(text: str | None) -> str:
+    """A text argument, read from stdin when it is ``-`` or left out (notes, comments)."""
+    return sys.stdin.read() if text in (None, "-") else text

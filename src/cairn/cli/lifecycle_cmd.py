@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cairn.cli.common import key_options, ns_option, repository_option
+from cairn.cli.common import key_options, ns_option, read_text_argument, repository_option
 from cairn.cli.output import emit, emit_value, human_size, output_format_option
 from cairn.client.repository import open_repository
 from cairn.datastore.datastore import Datastore
@@ -332,10 +332,6 @@ def group_notes_update(group_name: str, text: str | None, repository: str | None
     """Replace the notes of GROUP with TEXT (read from stdin when TEXT is - or omitted)."""
     store = open_repository(repository, for_write=True)
     store.write_group_notes(ns, GroupName.parse(group_name), read_text_argument(text))
-
-
-def read_text_argument(text: str | None) -> str:
-    return sys.stdin.read() if text in (None, "-") else text
 
 
 def register(cli: click.Group) -> None:

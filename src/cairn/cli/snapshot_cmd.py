@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
-from cairn.cli.common import ns_option, repository_option
+from cairn.cli.common import ns_option, read_text_argument, repository_option
 from cairn.cli.output import emit, human_size, output_format_option
 from cairn.client.repository import open_repository
 from cairn.datastore.datastore import SnapshotInfo
@@ -128,7 +127,7 @@ def snapshot_notes_show(snapshot_name: str, repository: str | None, ns: Namespac
 def snapshot_notes_update(snapshot_name: str, text: str | None, repository: str | None, ns: Namespace) -> None:
     """Replace the notes of SNAPSHOT with TEXT (read from stdin when TEXT is - or omitted)."""
     store = open_repository(repository, for_write=True)
-    store.write_snapshot_notes(ns, SnapshotName.parse(snapshot_name), sys.stdin.read() if text in (None, "-") else text)
+    store.write_snapshot_notes(ns, SnapshotName.parse(snapshot_name), read_text_argument(text))
 
 
 def register(cli: click.Group) -> None:
