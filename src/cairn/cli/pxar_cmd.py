@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 
 import click
@@ -16,10 +15,9 @@ from cairn.client.pxar.tree_restore import (
     open_payload_reader,
 )
 from cairn.client.repository import open_repository
-from cairn.client.restore import open_snapshot, resolve_archive
+from cairn.client.restore import open_snapshot, read_blob, resolve_archive
 from cairn.datastore.names import Namespace, SnapshotName
-from cairn.errors import IntegrityError, NotFoundError, UsageError
-from cairn.format.blob import decode_blob
+from cairn.errors import NotFoundError, UsageError
 from cairn.format.catalog import EntryType
 
 
@@ -159,10 +157,7 @@ def mount(snapshot: str, archive: str, mountpoint: str, repository: str | None, 
             base = file_info.filename.rsplit(".", 1)[0]
             operations = fuse.SingleFileSystem(base.encode(), reader.size, reader.read_at, mtime_ns)
         else:
-            raw = store.read_archive_bytes(ns, name, file_info.filename)
-            if len(raw) != file_info.size or hashlib.sha256(raw).digest() != file_info.csum:
-                raise IntegrityError(f"{file_info.filename} does not match the manifest (corrupt snapshot)")
-            data = decode_blob(raw, cipher if file_info.crypt_mode == "encrypt" else None)
+            data = read_blob(store, ns, name, file_info, cipher)
             base = file_info.filename.removesuffix(".blob")
             operations = fuse.SingleFileSystem(base.encode(), len(data), lambda o, s: data[o : o + s], mtime_ns)
         fuse.serve(operations, mountpoint, fsname, lambda message: click.echo(message, err=True))

@@ -89,6 +89,17 @@ class _ReadOnly(pyfuse3.Operations if pyfuse3 is not None else object):
         data.f_namemax = 255
         return data
 
+    @staticmethod
+    def _read_only_handle(inode: int, flags: int, is_file: bool = True):
+        """The reply to an open of ``inode``: refused for writing or if not a file, cached."""
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if not is_file:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        info = pyfuse3.FileInfo(fh=inode)
+        info.keep_cache = True
+        return info
+
 
 class PxarFileSystem(_ReadOnly):
     """A pxar archive's tree. Inodes are the archive offsets of the entries' names."""
@@ -175,13 +186,7 @@ class PxarFileSystem(_ReadOnly):
 
     @_fuse_errors
     async def open(self, inode, flags, ctx):
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise pyfuse3.FUSEError(errno.EROFS)
-        if self._entry(inode).kind is not EntryKind.FILE:
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        info = pyfuse3.FileInfo(fh=inode)
-        info.keep_cache = True
-        return info
+        return self._read_only_handle(inode, flags, self._entry(inode).kind is EntryKind.FILE)
 
     @_fuse_errors
     async def read(self, handle, offset, size):
@@ -257,11 +262,7 @@ class SingleFileSystem(_ReadOnly):
     async def open(self, inode, flags, ctx):
         if inode != self._inode:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise pyfuse3.FUSEError(errno.EROFS)
-        info = pyfuse3.FileInfo(fh=inode)
-        info.keep_cache = True
-        return info
+        return self._read_only_handle(inode, flags)
 
     @_fuse_errors
     async def read(self, handle, offset, size):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 import stat
 import sys
@@ -81,9 +83,7 @@ def restore_archive(
     chunk_cipher = cipher if file_info.crypt_mode == "encrypt" else None
     with store.lock_snapshot(ns, name, exclusive=False, timeout=10):
         if file_info.filename.endswith(".blob"):
-            raw = store.read_archive_bytes(ns, name, file_info.filename)
-            _check_manifest_entry(file_info, raw)
-            data = decode_blob(raw, chunk_cipher)
+            data = read_blob(store, ns, name, file_info, cipher)
             with _Target(target, overwrite) as out:
                 out.write(data)
             return RestoreResult(file_info.filename, len(data), 0)
@@ -98,11 +98,14 @@ def restore_archive(
         return RestoreResult(file_info.filename, tree.bytes, 0, tree.chunk_reads)
 
 
-def _check_manifest_entry(file_info: FileInfo, raw: bytes) -> None:
-    import hashlib
-
+def read_blob(
+    store: Datastore, ns: Namespace, name: SnapshotName, file_info: FileInfo, cipher: CryptConfig | None
+) -> bytes:
+    """A blob archive's content, after checking its size and SHA-256 against the manifest."""
+    raw = store.read_archive_bytes(ns, name, file_info.filename)
     if len(raw) != file_info.size or hashlib.sha256(raw).digest() != file_info.csum:
         raise IntegrityError(f"{file_info.filename} does not match the manifest (corrupt snapshot)")
+    return decode_blob(raw, cipher if file_info.crypt_mode == "encrypt" else None)
 
 
 def _restore_image(

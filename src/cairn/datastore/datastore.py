@@ -35,7 +35,7 @@ from cairn.datastore.names import (
     parse_backup_time,
 )
 from cairn.errors import CairnError, FormatError, NotFoundError, StoreError, UsageError
-from cairn.format.blob import decode_blob
+from cairn.format.blob import decode_blob, encode_blob
 from cairn.format.index import DynamicIndex, FixedIndex
 from cairn.format.manifest import MANIFEST_BLOB_NAME, Manifest
 
@@ -311,8 +311,6 @@ class Datastore:
 
     def update_manifest_unprotected(self, ns: Namespace, name: SnapshotName, update) -> Manifest:
         """Change the unsigned part of a manifest (verify state, notes) under the manifest lock."""
-        from cairn.format.blob import encode_blob
-
         info = self.complete_snapshot(ns, name)
         lock = lock_path(info.path / ".index.json.lck", True, f"manifest of {name}", timeout=30, directory=False)
         with lock:
