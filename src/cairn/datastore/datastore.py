@@ -379,17 +379,11 @@ class Datastore:
             return DynamicIndex(raw)
         raise UsageError(f"{archive!r} is not an index archive")
 
-    def read_notes(self, path: Path) -> str:
+    def group_notes(self, ns: Namespace, group: GroupName) -> str:
         try:
-            return (path / NOTES_FILE).read_text()
+            return (self.require_group(ns, group) / NOTES_FILE).read_text()
         except FileNotFoundError:
             return ""
-
-    def group_notes_path(self, ns: Namespace, group: GroupName) -> Path:
-        return self.require_group(ns, group)
-
-    def group_notes(self, ns: Namespace, group: GroupName) -> str:
-        return self.read_notes(self.require_group(ns, group))
 
     def write_group_notes(self, ns: Namespace, group: GroupName, text: str) -> None:
         replace_file(self.require_group(ns, group) / NOTES_FILE, text.encode())
