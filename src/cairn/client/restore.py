@@ -21,7 +21,7 @@ from cairn.datastore.datastore import Datastore, SnapshotInfo
 from cairn.datastore.fsutil import temp_name
 from cairn.datastore.names import Namespace, SnapshotName
 from cairn.client.keys import KeySource
-from cairn.errors import CryptError, IntegrityError, NotFoundError, UsageError
+from cairn.errors import IntegrityError, NotFoundError, UsageError
 from cairn.format.crypt import CryptConfig, format_fingerprint
 from cairn.format.blob import decode_blob
 from cairn.format.index import FixedIndex
@@ -61,11 +61,8 @@ def open_snapshot(
         return info, None
     if key is None:
         manifest.check_key(None)
-    if key.config.fingerprint is not None and format_fingerprint(key.config.fingerprint) != expected:
-        raise CryptError(
-            f"wrong key - snapshot's key {expected} does not match provided key "
-            f"{format_fingerprint(key.config.fingerprint)}"
-        )
+    if key.config.fingerprint is not None:
+        manifest.check_fingerprint(format_fingerprint(key.config.fingerprint))
     cipher = key.unlock()
     manifest.check_key(cipher)
     manifest.verify_signature(cipher)

@@ -105,15 +105,18 @@ class Manifest:
 
     def check_key(self, signer: Signer | None) -> None:
         """Refuse a missing or wrong key before any data is read, naming the fingerprints."""
+        self.check_fingerprint(None if signer is None else signer.fingerprint_str())
+
+    def check_fingerprint(self, fingerprint: str | None) -> None:
+        """:meth:`check_key` for a key known only by its fingerprint (a locked key file)."""
         expected = self.key_fingerprint
         if expected is None:
             return
-        if signer is None:
+        if fingerprint is None:
             raise CryptError(f"missing key - snapshot was created with key {expected}")
-        if signer.fingerprint_str() != expected:
+        if fingerprint != expected:
             raise CryptError(
-                f"wrong key - snapshot's key {expected} does not match "
-                f"provided key {signer.fingerprint_str()}"
+                f"wrong key - snapshot's key {expected} does not match provided key {fingerprint}"
             )
 
     def verify_signature(self, signer: Signer) -> None:
