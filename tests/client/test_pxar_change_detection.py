@@ -137,6 +137,28 @@ def test_changed_file_is_read_again_and_mixed_tree_restores_identically(
     assert (out / "docs" / "file-001").read_bytes() == victim.read_bytes()
 
 
+def test_file_whose_xattr_or_mode_alone_changed_is_read_again(store_path, source, monkeypatch, tmp_path):
+    """PBS compares the whole metadata: same mtime and size are not enough."""
+    changed_source = tmp_path / "src"
+    run_cairn_copy(source, changed_source)
+    backup(store_path, changed_source, "metadata", "attrs", T0)
+    files = sorted(p for p in changed_source.rglob("file-*") if p.stat().st_size > 0)
+    tagged, chmodded = files[0], files[1]
+    os.setxattr(tagged, "user.note", b"added later")
+    os.chmod(chmodded, 0o600)
+    assert (tagged.stat().st_mtime_ns, chmodded.stat().st_mtime_ns) == (MTIME_NS, MTIME_NS)
+    counter = ReadCounter(monkeypatch, changed_source)
+    result = backup_in_process(store_path, changed_source, "metadata", "attrs", T0 + 10)
+    assert result.trees is not None
+    reuse = result.trees.reuse_stats[0]
+    assert reuse.files_reused + reuse.files_reencoded == 59
+    assert counter.bytes >= tagged.stat().st_size + chmodded.stat().st_size
+    out = tmp_path / "out"
+    restore(store_path, snapshot_name("attrs", T0 + 10), out)
+    assert snapshot_tree(out) == snapshot_tree(changed_source)
+    assert os.getxattr(out / tagged.relative_to(changed_source), "user.note") == b"added later"
+
+
 def run_cairn_copy(source: Path, target: Path) -> None:
     """Copy a tree keeping mtimes (cp -a)."""
     import shutil

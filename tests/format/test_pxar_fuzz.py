@@ -50,7 +50,7 @@ def time_limit(seconds: float = TIME_LIMIT):
 def seed_archive(split: bool) -> tuple[bytes, bytes]:
     """A small archive with every item kind, nested directories and a hardlink."""
     meta, payload = bytearray(), bytearray()
-    md = lambda mode, **kw: Metadata(mode=mode, uid=1, gid=2, mtime_ns=3, **kw)  # noqa: E731
+    md = lambda mode, **kw: Metadata(mode=mode, uid=1, gid=2, mtime_ns=3, **kw)
     enc = Encoder(
         meta.extend,
         md(S_IFDIR | 0o755, acl=Acl(default=AclDefault(7, 5, 5, c.ACL_NO_MASK))),
@@ -123,7 +123,11 @@ def run_accessor(meta: bytes, payload: bytes | None) -> None:
     while pending:
         directory = pending.pop()
         directory.entry()
+        listing = directory.listing()
+        for name, stored in listing.files.items():
+            assert isinstance(name, bytes) and stored.size >= 0
         for entry in directory.entries():
+            listing.lookup(entry.name)
             visited += 1
             assert visited < 10_000
             if entry.kind is EntryKind.DIRECTORY:

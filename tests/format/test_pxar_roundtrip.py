@@ -3,10 +3,13 @@
 import io
 import struct
 from dataclasses import dataclass, field
+from unittest.mock import patch
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cairn.errors import FormatError
 from cairn.format.pxar import (
     S_IFBLK,
     S_IFCHR,
@@ -24,8 +27,11 @@ from cairn.format.pxar import (
     Encoder,
     EntryKind,
     Metadata,
+    StoredFile,
+    accessor,
 )
 from cairn.format.pxar import constants as c
+from cairn.format.pxar.items import encode_metadata
 
 U64 = st.integers(0, 2**64 - 1)
 U32 = st.integers(0, 2**32 - 1)
@@ -295,6 +301,52 @@ def test_accessor_finds_every_path(tree, split):
             assert directory.entry().metadata == md
     # Names that are not there are not found.
     assert acc.lookup(b"/\xff" * 3 + b"nope") is None
+
+
+@FAST
+@given(trees, st.booleans(), st.sampled_from([1, 100, 1 << 16]))
+def test_listing_agrees_with_lookup(tree, split, window):
+    """A directory's one-pass listing finds what the hash search finds, and decodes files
+    that reference the payload stream down to their encoded metadata items."""
+    built = build(tree, split)
+    acc = Accessor(lambda o, n: built.meta[o : o + n], len(built.meta))
+    stored = {}
+    for path, kind, md, content, *_ in built.expected:
+        if kind is EntryKind.FILE and split:
+            entry = acc.lookup(path)
+            stored[path] = StoredFile(encode_metadata(md), entry.payload_offset, len(content))
+    with patch.object(accessor, "_SCAN_WINDOW", window):
+        for path, names in built.listing.items():
+            directory = acc.open_root() if path == b"/" else acc.open_directory(acc.lookup(path))
+            listing = directory.listing()
+            assert len(listing) == len(names)
+            for name in names:
+                assert listing.lookup(name) == directory.lookup(name)
+            expected_files = {
+                name: stored[join(path, name)] for name in names if join(path, name) in stored
+            }
+            assert listing.files == expected_files
+            assert listing.lookup(b"/\xff-not-there") is None
+
+
+def test_listing_refuses_overlapping_records_and_repeated_names():
+    meta = bytearray()
+    enc = Encoder(meta.extend, Metadata(mode=S_IFDIR))
+    enc.add_fifo(b"a", Metadata(mode=S_IFIFO))
+    enc.add_fifo(b"b", Metadata(mode=S_IFIFO))
+    enc.finish()
+    table = len(meta) - 3 * 24  # two child records and the tail
+    # Both records pointing at "a": the second offset equals the first.
+    same = bytearray(meta)
+    same[table + 24 + 8 : table + 24 + 16] = same[table + 8 : table + 16]
+    acc = Accessor(lambda o, n: bytes(same[o : o + n]), len(same))
+    with pytest.raises(FormatError, match="overlap"):
+        acc.open_root().listing()
+    # Both children named "a".
+    twice = bytes(meta).replace(b"b\0", b"a\0")
+    acc = Accessor(lambda o, n: twice[o : o + n], len(twice))
+    with pytest.raises(FormatError, match="second child named"):
+        acc.open_root().listing()
 
 
 def test_lookup_in_large_archive_touches_few_ranges():

@@ -25,8 +25,17 @@ from dataclasses import dataclass, field
 
 from cairn.errors import FormatError, SourceError
 from cairn.format.catalog import CatalogWriter
-from cairn.format.pxar import S_IFREG, Accessor, Directory, Encoder, EntryKind, Metadata
+from cairn.format.pxar import (
+    S_IFREG,
+    Accessor,
+    Directory,
+    Encoder,
+    EntryKind,
+    Listing,
+    Metadata,
+)
 from cairn.format.pxar.encoder import WriteFn
+from cairn.format.pxar.items import encode_metadata
 
 from . import posix_acl
 from .exclude import MatchEntry, MatchType, match, parse_pattern, parse_pxarexclude
@@ -73,7 +82,7 @@ class _Dir:
     entries: list[tuple[bytes, os.stat_result | None]]
     pattern_count: int
     pos: int = 0
-    previous: Directory | None = None  # the same directory in the reference archive
+    previous: Listing | None = None  # the same directory in the reference archive
 
 
 def is_valid_xattr(name: str) -> bool:
@@ -150,7 +159,7 @@ class Archiver:
                 root = self._open_listing(root_fd, b"", is_root=True)
             except OSError as err:
                 raise SourceError(f"cannot read {self._root}: {err.strerror}") from None
-            root.previous = self._previous.open_root() if self._previous is not None else None
+            root.previous = _listing(self._previous.open_root) if self._previous is not None else None
             stack.append(root)
             root_fd = -1
             self._encoder = Encoder(self._write, metadata, payload_write=self._payload_write, prelude=self._prelude())
@@ -291,8 +300,9 @@ class Archiver:
                 # Files with several names are always read, so the first name is written
                 # (and its offset known) before any later name links to it.
                 span = None
-                if st.st_nlink == 1:
-                    span = reuser.reusable_range(parent.previous, name, metadata, st.st_size)
+                if st.st_nlink == 1 and parent.previous is not None:
+                    items = encode_metadata(metadata)
+                    span = reuser.reusable_range(parent.previous, name, items, st.st_size)
                 if span is not None:
                     reuser.add_file(
                         span,
@@ -417,18 +427,19 @@ class Archiver:
         if self._catalog is not None:
             self._catalog.start_directory(name)
 
-    def _previous_directory(self, previous: Directory | None, name: bytes) -> Directory | None:
+    def _previous_directory(self, previous: Listing | None, name: bytes) -> Listing | None:
         """The subdirectory ``name`` of ``previous`` in the reference archive, if any."""
         if previous is None:
             return None
         try:
             entry = previous.lookup(name)
-            if entry is None or entry.kind is not EntryKind.DIRECTORY:
-                return None
-            assert self._previous is not None
-            return self._previous.open_directory(entry)
         except FormatError:
             return None
+        if entry is None or entry.kind is not EntryKind.DIRECTORY:
+            return None
+        accessor = self._previous
+        assert accessor is not None
+        return _listing(lambda: accessor.open_directory(entry))
 
     def _add_symlink(self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result) -> None:
         try:
@@ -551,6 +562,14 @@ class Archiver:
     def _changed(self, path: bytes) -> None:
         self.stats.changed += 1
         self._warn(f"{self._display(path)} changed while being read; its copy may be inconsistent")
+
+
+def _listing(open_directory: Callable[[], Directory]) -> Listing | None:
+    """A reference directory's listing; a damaged one just means no reference here."""
+    try:
+        return open_directory().listing()
+    except FormatError:
+        return None
 
 
 def _getxattr(handle: int | str, name: str) -> bytes | None:

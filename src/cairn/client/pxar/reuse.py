@@ -21,9 +21,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from cairn.errors import FormatError
 from cairn.format.index import DynamicIndex
-from cairn.format.pxar import Directory, EntryKind, Metadata
+from cairn.format.pxar import Listing
 from cairn.format.pxar.constants import HEADER_SIZE
 
 CHUNK_PADDING_THRESHOLD = 0.1  # PBS's CHUNK_PADDING_THRESHOLD
@@ -113,24 +112,21 @@ class PayloadReuser:
     # --- decisions ------------------------------------------------------------------------
 
     def reusable_range(
-        self, previous: Directory | None, name: bytes, metadata: Metadata, size: int
+        self, previous: Listing | None, name: bytes, metadata_items: bytes, size: int
     ) -> tuple[int, int] | None:
         """Where the file's PAYLOAD lies in the previous payload stream, if it is unchanged.
 
         Unchanged means what PBS compares: the whole pxar metadata (mode, flags, owner, mtime,
-        xattrs, ACLs, capabilities, project id); Cairn also requires the same size.
+        xattrs, ACLs, capabilities, project id); Cairn also requires the same size. The
+        metadata is compared as encoded items (``encode_metadata``): equal items decode to
+        equal metadata, and comparing them needs no decoding of the previous entry.
         """
         if previous is None:
             return None
-        try:
-            entry = previous.lookup(name)
-        except FormatError:
+        stored = previous.files.get(name)
+        if stored is None or stored.size != size or stored.metadata_items != metadata_items:
             return None
-        if entry is None or entry.kind is not EntryKind.FILE or entry.payload_offset is None:
-            return None
-        if entry.size != size or entry.metadata != metadata:
-            return None
-        start = entry.payload_offset
+        start = stored.payload_offset
         end = start + HEADER_SIZE + size
         if end > self._index.size:
             return None

@@ -20,7 +20,7 @@ Random access::
     data = acc.open_file(acc.follow_hardlink(entry)).read_at(0, 4096)
 """
 
-from .accessor import Accessor, Directory, FileContents
+from .accessor import Accessor, Directory, FileContents, Listing, StoredFile
 from .constants import (
     ACL_EXECUTE,
     ACL_NO_MASK,
@@ -65,6 +65,8 @@ __all__ = [
     "Entry",
     "EntryKind",
     "FileContents",
+    "Listing",
     "Metadata",
+    "StoredFile",
     "hash_filename",
 ]

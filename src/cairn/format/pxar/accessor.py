@@ -4,37 +4,82 @@ Every directory ends with a goodbye table whose last record leads back to the di
 start, so the root is found from the archive's last 24 bytes and any name is found by a
 binary search over SipHash values, reading only that directory's table pages, one FILENAME
 and one entry. Extracting one file from a huge archive therefore touches a handful of byte
-ranges; this is what single-file restore and mounting build on. Nothing read is trusted:
-each offset is checked to stay inside the directory that claims it, so corrupt or hostile
-data ends in ``FormatError`` and never in a loop.
+ranges; this is what single-file restore and mounting build on. A walk that needs every
+name of a directory reads the directory in one pass instead (``Directory.listing``).
+Nothing read is trusted: each offset is checked to stay inside the directory that claims it,
+so corrupt or hostile data ends in ``FormatError`` and never in a loop.
 """
 
+import struct
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from cairn.errors import FormatError, UsageError
 
 from .byte_source import RangeSource, ReadAtFn, fetch
 from .constants import (
     FORMAT_VERSION_1,
+    FORMAT_VERSION_2,
     GOODBYE_ITEM_SIZE,
     HEADER_SIZE,
+    PXAR_ACL_DEFAULT,
+    PXAR_ACL_DEFAULT_GROUP,
+    PXAR_ACL_DEFAULT_USER,
+    PXAR_ACL_GROUP,
+    PXAR_ACL_GROUP_OBJ,
+    PXAR_ACL_USER,
     PXAR_ENTRY,
     PXAR_ENTRY_V1,
+    PXAR_FCAPS,
     PXAR_FILENAME,
     PXAR_FORMAT_VERSION,
     PXAR_GOODBYE,
     PXAR_GOODBYE_TAIL_MARKER,
     PXAR_PAYLOAD,
+    PXAR_PAYLOAD_REF,
     PXAR_PRELUDE,
+    PXAR_QUOTA_PROJID,
+    PXAR_XATTR,
+    STAT_SIZE,
 )
 from .entry import Entry, EntryKind, PathNode
 from .entry_parser import make_entry, parse_entry
-from .goodbye import bst_find, hash_filename, unpack_item
+from .goodbye import bst_find, hash_filename, iter_items, unpack_item
 from .items import HEADER, check_header, fail, parse_filename, parse_format_version
 
 _TAIL_READ = 4096  # bytes read at a directory's end: the tail, and all of a small table
 _PAGE_ITEMS = 512  # goodbye records fetched per read for large tables
 _MIN_GOODBYE = HEADER_SIZE + GOODBYE_ITEM_SIZE
+_PAIR = struct.Struct("<QQ")
+_SCAN_WINDOW = 1 << 16  # bytes of neighbouring children a listing fetches at once
+_ENTRY_FULL_SIZE = HEADER_SIZE + STAT_SIZE
+_PAYLOAD_REF_FULL_SIZE = HEADER_SIZE + 16
+_ATTRIBUTES = frozenset(
+    {
+        PXAR_XATTR,
+        PXAR_ACL_USER,
+        PXAR_ACL_GROUP,
+        PXAR_ACL_GROUP_OBJ,
+        PXAR_ACL_DEFAULT,
+        PXAR_ACL_DEFAULT_USER,
+        PXAR_ACL_DEFAULT_GROUP,
+        PXAR_FCAPS,
+        PXAR_QUOTA_PROJID,
+    }
+)
+
+
+class StoredFile(NamedTuple):
+    """A regular file of a split archive as its entry stores it.
+
+    ``metadata_items`` are the raw ENTRY and attribute items, unchecked: equal to what
+    ``encode_metadata`` makes of some metadata, they stand for exactly that metadata.
+    ``payload_offset`` is where its PAYLOAD header lies in the payload stream.
+    """
+
+    metadata_items: bytes
+    payload_offset: int
+    size: int
 
 
 class Accessor:
@@ -266,6 +311,51 @@ class Directory:
                 return self._decode_child(found, src, file_offset, range_end)
         return None
 
+    def listing(self) -> "Listing":
+        """Every child by name, read in one pass over the directory (see ``Listing``)."""
+        records = sorted(
+            (self.goodbye_offset - back, slot)
+            for slot, (_hash, back, _size) in enumerate(self._records())
+        )
+        bounds = [offset for offset, _slot in records]
+        bounds.append(self.goodbye_offset)
+        previous = self.start
+        for offset in bounds:
+            if offset <= previous:
+                raise fail(
+                    self.goodbye_offset,
+                    PXAR_GOODBYE,
+                    "records overlap or point outside their directory",
+                )
+            previous = offset
+        split = self._accessor.format_version >= FORMAT_VERSION_2
+        files: dict[bytes, StoredFile] = {}
+        slots: dict[bytes, int] = {}
+        count = len(records)
+        first = 0
+        while first < count:
+            base = bounds[first]
+            last = first
+            while last < count and bounds[last + 1] - base <= _SCAN_WINDOW:
+                last += 1
+            if last == first:
+                found = [self._scan_large_child(records[first][1], bounds[first + 1], split)]
+                last = first + 1
+            else:
+                window = fetch(self._read_at, base, bounds[last] - base)
+                found = [
+                    _scan_child(window, bounds[k] - base, bounds[k + 1] - base, bounds[k], split)
+                    for k in range(first, last)
+                ]
+            for k, (name, stored) in enumerate(found, first):
+                if name in slots:
+                    raise fail(bounds[k], PXAR_FILENAME, f"second child named {name!r}")
+                slots[name] = records[k][1]
+                if stored is not None:
+                    files[name] = stored
+            first = last
+        return Listing(self, files, slots)
+
     def entries(self) -> Iterator[Entry]:
         """All children in archive order (which is name order for well-formed archives)."""
         order = sorted(
@@ -298,6 +388,24 @@ class Directory:
                 self._read_at, offset, count * GOODBYE_ITEM_SIZE
             )
         return unpack_item(data, index * GOODBYE_ITEM_SIZE)
+
+    def _scan_large_child(self, slot: int, end: int, split: bool) -> tuple[bytes, StoredFile | None]:
+        """``_scan_child`` for a child spanning more than a scan window: a directory with
+        its contents is not fetched whole, a file with large attributes is."""
+        entry = self._decode_child(*self._open_child(slot))
+        if entry.kind is not EntryKind.FILE or entry.payload_offset is None:
+            return entry.name, None
+        assert entry.file_offset is not None
+        data = fetch(self._read_at, entry.file_offset, end - entry.file_offset)
+        return _scan_child(data, 0, len(data), entry.file_offset, split)
+
+    def _records(self) -> Iterator[tuple[int, int, int]]:
+        """Every child's goodbye record, in table order."""
+        table = self._table
+        if table is None:
+            size = self._count * GOODBYE_ITEM_SIZE
+            table = fetch(self._read_at, self.goodbye_offset + HEADER_SIZE, size)
+        return iter_items(table)
 
     def _hash_at(self, slot: int) -> int:
         return self._item(slot)[0]
@@ -368,6 +476,68 @@ class Directory:
                 "goodbye table belongs to something that is not a directory",
             )
         return make_entry(parsed, b"", None, None, self.end)
+
+
+class Listing:
+    """Every child of one directory by name, from one pass over the directory.
+
+    A walk that compares a whole tree against an archive (metadata change detection) asks
+    for every name in turn; one pass costs far less than a hash search and a few reads per
+    name. Regular files that reference the payload stream, the entries such a walk reuses,
+    are decoded during the pass into ``files``; any other child is decoded (and checked in
+    full) when ``lookup`` asks for it.
+    """
+
+    def __init__(
+        self, directory: Directory, files: dict[bytes, StoredFile], slots: dict[bytes, int]
+    ) -> None:
+        self.directory = directory
+        self.files = files
+        self._slots = slots
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def lookup(self, name: bytes) -> Entry | None:
+        """The child called ``name``, decoded like ``Directory.lookup`` does."""
+        slot = self._slots.get(name)
+        if slot is None:
+            return None
+        directory = self.directory
+        return directory._decode_child(*directory._open_child(slot))
+
+
+def _scan_child(
+    data: bytes, pos: int, end: int, at: int, split: bool
+) -> tuple[bytes, StoredFile | None]:
+    """The name of the child at ``data[pos:end]`` (archive offset ``at``), and the child
+    itself if it is a regular file with metadata items and a PAYLOAD_REF, nothing else."""
+    if end - pos < HEADER_SIZE:
+        raise fail(at, None, "goodbye record points at a child too small for a FILENAME")
+    htype, full_size = HEADER.unpack_from(data, pos)
+    check_header(htype, full_size, at, end - pos)
+    if htype != PXAR_FILENAME:
+        raise FormatError(f"pxar: expected a FILENAME item at offset {at}")
+    name = parse_filename(data[pos + HEADER_SIZE : pos + full_size], at)
+    items = pos + full_size
+    if (
+        not split
+        or end - items < _ENTRY_FULL_SIZE + _PAYLOAD_REF_FULL_SIZE
+        or HEADER.unpack_from(data, items) != (PXAR_ENTRY, _ENTRY_FULL_SIZE)
+    ):
+        return name, None
+    item = items + _ENTRY_FULL_SIZE
+    while end - item >= HEADER_SIZE:
+        htype, full_size = HEADER.unpack_from(data, item)
+        if htype == PXAR_PAYLOAD_REF:
+            if full_size != _PAYLOAD_REF_FULL_SIZE or end - item < full_size:
+                return name, None
+            offset, size = _PAIR.unpack_from(data, item + HEADER_SIZE)
+            return name, StoredFile(data[items:item], offset, size)
+        if htype not in _ATTRIBUTES or full_size < HEADER_SIZE:
+            return name, None
+        item += full_size
+    return name, None
 
 
 def _read_filename(src: RangeSource) -> bytes:
