@@ -304,12 +304,7 @@ class Archiver:
                     items = encode_metadata(metadata)
                     span = reuser.reusable_range(parent.previous, name, items, st.st_size)
                 if span is not None:
-                    reuser.add_file(
-                        span,
-                        lambda offset: self._write_reused(name, metadata, st, offset),
-                        lambda: self._write_file(fd, name, path, st, metadata),
-                        fd,
-                    )
+                    reuser.add_file(span, _HeldFile(self, fd, name, path, st, metadata))
                     held = True
                     return
                 reuser.flush()
@@ -562,6 +557,28 @@ class Archiver:
     def _changed(self, path: bytes) -> None:
         self.stats.changed += 1
         self._warn(f"{self._display(path)} changed while being read; its copy may be inconsistent")
+
+
+class _HeldFile:
+    """An unchanged file the reuser holds back (``reuse.HeldFile``), in one small object."""
+
+    __slots__ = ("_archiver", "_metadata", "_name", "_path", "_st", "fd")
+
+    def __init__(
+        self, archiver: Archiver, fd: int, name: bytes, path: bytes, st: os.stat_result, metadata: Metadata
+    ) -> None:
+        self._archiver = archiver
+        self.fd = fd
+        self._name = name
+        self._path = path
+        self._st = st
+        self._metadata = metadata
+
+    def reuse(self, payload_offset: int) -> None:
+        self._archiver._write_reused(self._name, self._metadata, self._st, payload_offset)
+
+    def reencode(self) -> None:
+        self._archiver._write_file(self.fd, self._name, self._path, self._st, self._metadata)
 
 
 def _listing(open_directory: Callable[[], Directory]) -> Listing | None:

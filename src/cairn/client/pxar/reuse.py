@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from cairn.format.index import DynamicIndex
 from cairn.format.pxar import Listing
@@ -74,16 +75,26 @@ def chunks_for_range(index: DynamicIndex, start: int, end: int) -> tuple[list[Re
     return [ReusedChunk(*entry) for entry in entries], start_padding, end_padding
 
 
+class HeldFile(Protocol):
+    """A reusable file held back with its file open; written later one way or the other."""
+
+    fd: int
+
+    def reuse(self, payload_offset: int) -> None:
+        """Encode the file as a PAYLOAD_REF to ``payload_offset`` of the new payload stream."""
+
+    def reencode(self) -> None:
+        """Read the file through ``fd`` and encode it with its contents."""
+
+
 @dataclass(slots=True)
 class _Held:
-    """An entry held back; files carry their offset in the range and their open fd."""
+    """An entry held back: a reusable file with its offset in the range, or anything else."""
 
     run: Callable[[], None] | None  # any entry but a reusable file
+    file: HeldFile | None = None
     offset: int = 0
-    reuse: Callable[[int], None] | None = None  # encode a PAYLOAD_REF at this payload offset
-    reencode: Callable[[], None] | None = None  # read the file and encode it
-    fd: int = -1
-    size: int = 0  # bytes of payload (header and contents) it reuses
+    size: int = 0  # bytes of payload (header and contents) the file reuses
 
 
 class PayloadReuser:
@@ -147,22 +158,19 @@ class PayloadReuser:
         """Queue a non-file entry (directory start or end, link, device...) in order."""
         self._held.append(_Held(run))
 
-    def add_file(
-        self,
-        span: tuple[int, int],
-        reuse: Callable[[int], None],
-        reencode: Callable[[], None],
-        fd: int,
-    ) -> None:
-        """Hold back a reusable file; its payload is ``span`` in the previous stream."""
+    def add_file(self, span: tuple[int, int], file: HeldFile) -> None:
+        """Hold back a reusable file; its payload is ``span`` in the previous stream.
+
+        Holding costs one object per file: a lookahead of thousands of files stays cheap
+        for the garbage collector, which walks every object still alive.
+        """
         if self._range is not None and self._range[1] != span[0]:
             self.flush(keep_last_chunk=True)  # a hole: the range ends here
         if self._range is None:
             self._range = span
         else:
             self._range = (self._range[0], span[1])
-        offset = span[0] - self._range[0]
-        self._held.append(_Held(None, offset, reuse, reencode, fd, span[1] - span[0]))
+        self._held.append(_Held(None, file, span[0] - self._range[0], span[1] - span[0]))
         self._files += 1
 
     # --- flushing -------------------------------------------------------------------------
@@ -201,10 +209,7 @@ class PayloadReuser:
                 self._kept = chunks.pop()
             self._inject(chunks)
         finally:
-            for entry in held:
-                if entry.fd >= 0:
-                    os.close(entry.fd)
-                    entry.fd = -1
+            _close_files(held)
 
     def finish(self) -> None:
         """Write what is held and inject any kept chunk; call before the encoder finishes."""
@@ -213,24 +218,22 @@ class PayloadReuser:
 
     def close(self) -> None:
         """Release the fds of held files after a failure."""
-        for entry in self._held:
-            if entry.fd >= 0:
-                os.close(entry.fd)
-        self._held = []
+        held, self._held = self._held, []
+        _close_files(held)
 
     def _run(self, held: list[_Held], base: int | None) -> None:
         for entry in held:
             if entry.run is not None:
                 entry.run()
             elif base is None:
-                assert entry.reencode is not None
+                assert entry.file is not None
                 self.stats.files_reencoded += 1
-                entry.reencode()
+                entry.file.reencode()
             else:
-                assert entry.reuse is not None
+                assert entry.file is not None
                 self.stats.files_reused += 1
                 self.stats.reused_payload_bytes += entry.size
-                entry.reuse(base + entry.offset)
+                entry.file.reuse(base + entry.offset)
 
     def _inject_kept(self) -> None:
         if self._kept is not None:
@@ -248,3 +251,9 @@ class PayloadReuser:
         stats.injected_chunks += len(chunks)
         stats.injected_bytes += size
         stats.partial_chunks += sum(1 for chunk in chunks if chunk.padding)
+
+
+def _close_files(held: list[_Held]) -> None:
+    for entry in held:
+        if entry.file is not None and entry.file.fd >= 0:
+            os.close(entry.file.fd)
