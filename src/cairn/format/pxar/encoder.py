@@ -23,7 +23,6 @@ from .constants import (
 )
 from .goodbye import encode_goodbye, hash_filename
 from .items import (
-    check_name,
     encode_device,
     encode_filename,
     encode_format_version,
@@ -77,6 +76,23 @@ class _Sink:
         if self._buf:
             buf, self._buf = self._buf, bytearray()
             self._write(buf)
+
+
+class _Writing:
+    """``with encoder._writing:`` marks the encoder broken if output fails half-way through
+    an entry (a plain class: a generator-based context manager costs several times more)."""
+
+    __slots__ = ("_encoder",)
+
+    def __init__(self, encoder: "Encoder") -> None:
+        self._encoder = encoder
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self._encoder._failure = str(exc) or type(exc).__name__
 
 
 @dataclass(slots=True)
@@ -133,7 +149,8 @@ class Encoder:
         self._stack = [_OpenDirectory(0, 0, 0)]
         self._failure: str | None = None
         self._finished = False
-        with self._writing():
+        self._writing = _Writing(self)
+        with self._writing:
             if self._payload is not None:
                 self._payload.put(header(PXAR_PAYLOAD_START_MARKER, 0))
             self._out.put(start)
@@ -169,25 +186,16 @@ class Encoder:
         if self._finished:
             raise FormatError("pxar: encoder already finished")
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Mark the encoder broken if output fails half-way through an entry."""
-        try:
-            yield
-        except BaseException as exc:
-            self._failure = str(exc) or type(exc).__name__
-            raise
-
     def _begin(self, name: bytes) -> bytes:
         """Validate a child name (and its place in the order); return its FILENAME item."""
         self._check_usable()
-        check_name(name)
+        filename = encode_filename(name)
         last = self._stack[-1].last_name
         if last is not None and name <= last:
             raise FormatError(
                 f"pxar: {name!r} added after {last!r}; names must be strictly increasing"
             )
-        return encode_filename(name)
+        return filename
 
     def _record(self, name: bytes, file_offset: int, size: int) -> None:
         current = self._stack[-1]
@@ -196,7 +204,7 @@ class Encoder:
 
     def _add_entry(self, name: bytes, items: bytes) -> int:
         file_offset = self._out.position
-        with self._writing():
+        with self._writing:
             self._out.put(items)
         self._record(name, file_offset, len(items))
         return file_offset
@@ -225,7 +233,7 @@ class Encoder:
             raise FormatError(f"pxar: invalid file size {size}")
         items = filename + encode_metadata(metadata)
         file_offset = self._out.position
-        with self._writing():
+        with self._writing:
             self._out.put(items)
             if self._payload is not None:
                 self._out.put(encode_payload_ref(self._payload.position, size))
@@ -348,7 +356,7 @@ class Encoder:
             )
         items = encode_metadata(metadata)
         file_offset = self._out.position
-        with self._writing():
+        with self._writing:
             self._out.put(filename)
             self._out.put(items)
         self._stack[-1].last_name = name
@@ -367,7 +375,7 @@ class Encoder:
                 "pxar: no subdirectory is open (use finish() for the root)"
             )
         closing = self._stack.pop()
-        with self._writing():
+        with self._writing:
             self._write_goodbye(closing)
         end = self._out.position
         self._stack[-1].children.extend(
@@ -389,7 +397,7 @@ class Encoder:
 
     def flush(self) -> None:
         """Hand every batched byte to ``write`` now."""
-        with self._writing():
+        with self._writing:
             self._out.flush()
 
     def finish(self) -> None:
@@ -399,7 +407,7 @@ class Encoder:
             raise FormatError(
                 f"pxar: {len(self._stack) - 1} subdirectories are still open"
             )
-        with self._writing():
+        with self._writing:
             self._write_goodbye(self._stack.pop())
             self._out.flush()
             if self._payload is not None:

@@ -27,11 +27,12 @@ from .constants import (
 
 _HASH_KEY = struct.pack("<QQ", HASH_KEY_1, HASH_KEY_2)
 _ITEM = struct.Struct("<QQQ")
+_U64_MASK = (1 << 64) - 1
 
 
 def hash_filename(name: bytes) -> int:
     """SipHash-2-4 of a file name under pxar's key, as an unsigned 64-bit integer."""
-    return int.from_bytes(siphash24(name, key=_HASH_KEY).digest(), "little")
+    return siphash24(name, key=_HASH_KEY).intdigest() & _U64_MASK  # intdigest is signed
 
 
 def bst_permutation(count: int) -> list[int]:

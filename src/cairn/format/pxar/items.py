@@ -44,6 +44,9 @@ from .metadata import Acl, AclDefault, AclGroup, AclUser, Metadata
 
 HEADER = struct.Struct("<QQ")
 _STAT = struct.Struct("<QQIIqII")
+_ENTRY_ITEM = struct.Struct("<QQQQIIqII")  # ENTRY header and stat in one pack
+_ENTRY_FULL_SIZE = HEADER_SIZE + STAT_SIZE
+_PAYLOAD_REF_ITEM = struct.Struct("<QQQQ")
 _STAT_V1 = struct.Struct("<QQIIQ")
 _U64 = struct.Struct("<Q")
 _PAIR = struct.Struct("<QQ")
@@ -165,7 +168,7 @@ def encode_prelude(data: bytes) -> bytes:
 def encode_filename(name: bytes) -> bytes:
     """FILENAME item: the name plus a terminating NUL."""
     check_name(name)
-    return _item(PXAR_FILENAME, name + b"\0")
+    return HEADER.pack(PXAR_FILENAME, len(name) + HEADER_SIZE + 1) + name + b"\0"
 
 
 def encode_symlink(target: bytes) -> bytes:
@@ -190,17 +193,32 @@ def encode_device(major: int, minor: int) -> bytes:
 
 def encode_payload_ref(offset: int, size: int) -> bytes:
     """PAYLOAD_REF item: where a file's PAYLOAD header sits in the payload stream, and size."""
-    return _item(PXAR_PAYLOAD_REF, _PAIR.pack(offset, size))
+    return _PAYLOAD_REF_ITEM.pack(PXAR_PAYLOAD_REF, HEADER_SIZE + 16, offset, size)
 
 
 def encode_metadata(md: Metadata) -> bytes:
     """ENTRY and attribute items in pxar's order: stat, xattrs, ACLs, fcaps, quota."""
     secs, nanos = divmod(md.mtime_ns, _NANOS)
     try:
-        stat = _STAT.pack(md.mode, md.flags, md.uid, md.gid, secs, nanos, 0)
+        entry = _ENTRY_ITEM.pack(
+            PXAR_ENTRY, _ENTRY_FULL_SIZE, md.mode, md.flags, md.uid, md.gid, secs, nanos, 0
+        )
     except struct.error as exc:
         raise FormatError(f"pxar: metadata value out of range ({exc})") from None
-    parts = [_item(PXAR_ENTRY, stat)]
+    acl = md.acl
+    if not (
+        md.xattrs
+        or acl.users
+        or acl.groups
+        or acl.group_obj is not None
+        or acl.default is not None
+        or acl.default_users
+        or acl.default_groups
+        or md.fcaps is not None
+        or md.quota_project_id is not None
+    ):
+        return entry  # most files: the stat alone, without building a list of parts
+    parts = [entry]
     for name, value in md.xattrs:
         if b"\0" in name:
             raise FormatError(f"pxar: xattr name {name!r} contains NUL")
