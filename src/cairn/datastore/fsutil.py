@@ -8,12 +8,13 @@ directory, so the rename survives a power loss; chunk writes skip that and rely 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import secrets
 from pathlib import Path
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library is already loaded into Python; ctypes.util.find_library would run
+# `ldconfig -p` in a subprocess at every start just to find its name.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def temp_name(path: Path) -> Path:
