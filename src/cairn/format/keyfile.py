@@ -33,9 +33,8 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import segno
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -48,6 +47,9 @@ from cairn.format.crypt import (
     format_fingerprint,
     parse_fingerprint,
 )
+
+if TYPE_CHECKING:
+    import segno
 
 KdfName = Literal["none", "scrypt", "pbkdf2"]
 
@@ -388,6 +390,10 @@ def _paperkey_lines(source: KeyConfig | str) -> tuple[list[str], bool]:
 
 
 def _qr_code(lines: list[str]) -> segno.QRCode:
+    # Imported here, not at the top: segno pulls in urllib, http.client and ssl, which only
+    # the paper key needs, while every command that unlocks a key imports this module.
+    import segno
+
     # PBS pipes the lines joined by '\n' into `qrencode -lm`: error level M, never raised.
     return segno.make("\n".join(lines).encode(), error="m", boost_error=False, micro=False)
 
