@@ -86,8 +86,3 @@ def restore(snapshot: str, archive: str, target: str, repository: str | None, ns
     result = restore_archive(store, ns, name, archive, target, key=key, overwrite=overwrite, patterns=patterns)
     if target != "-":
         click.echo(f"restored {result.archive} ({human_size(result.size)}) to {target}", err=True)
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(backup)
-    cli.add_command(restore)

@@ -50,7 +50,3 @@ def benchmark(seconds: float, threads: int | None, output_format: str) -> None:
             continue
         table.add_row(r.label, _rate(r.speed), _rate(r.speed_threads), f"{r.percent_of_reference:.0f} %")
     Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120).print(table)
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(benchmark)

@@ -192,7 +192,3 @@ def _read_text(path: str) -> str:
         return Path(path).read_text()
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist") from None
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(key)

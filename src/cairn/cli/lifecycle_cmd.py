@@ -332,8 +332,3 @@ def group_notes_update(group_name: str, text: str | None, repository: str | None
     """Replace the notes of GROUP with TEXT (read from stdin when TEXT is - or omitted)."""
     store = open_repository(repository, for_write=True)
     store.write_group_notes(ns, GroupName.parse(group_name), read_text_argument(text))
-
-
-def register(cli: click.Group) -> None:
-    for command in (prune, garbage_collect_cmd, verify_cmd, status_cmd, maintenance, group):
-        cli.add_command(command)

@@ -170,8 +170,3 @@ def unmount(mountpoint: str) -> None:
     from cairn.client import mount as fuse
 
     fuse.unmount(mountpoint)
-
-
-def register(cli: click.Group) -> None:
-    for command in (catalog, mount, unmount):
-        cli.add_command(command)

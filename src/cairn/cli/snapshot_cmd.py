@@ -128,7 +128,3 @@ def snapshot_notes_update(snapshot_name: str, text: str | None, repository: str 
     """Replace the notes of SNAPSHOT with TEXT (read from stdin when TEXT is - or omitted)."""
     store = open_repository(repository, for_write=True)
     store.write_snapshot_notes(ns, SnapshotName.parse(snapshot_name), read_text_argument(text))
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(snapshot)

@@ -82,8 +82,3 @@ def namespace_remove(repository: str | None, name: str) -> None:
     ns = Namespace.parse(name)
     open_repository(repository, for_write=True).remove_namespace(ns)
     click.echo(f"removed namespace {ns}")
-
-
-def register(cli: click.Group) -> None:
-    for command in (init, list_groups, namespace):
-        cli.add_command(command)
