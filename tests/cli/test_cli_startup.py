@@ -1,16 +1,23 @@
-"""Start-up: commands imported only when run."""
+"""Start-up: commands imported only when run, the key unlocked early, errors as before."""
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import click
 import pytest
 
 from conftest import assert_one_line_error, run_cairn
 from cairn.cli import main as cli_main
+
+PASS = "correct horse"
 
 
 def _modules_after(*args: str) -> tuple[str, set[str]]:
@@ -60,6 +67,7 @@ def test_backup_and_restore_help_import_only_what_they_need(command):
     unneeded = {
         "segno",  # QR codes: key paperkey only
         "ctypes.util",  # find_library runs ldconfig in a subprocess
+        "cairn.client.backup", "cairn.client.restore",  # imported once the key's unlock runs
         "cairn.datastore.gc", "cairn.datastore.verify", "cairn.datastore.prune",
         "cairn.cli.key_cmd", "cairn.cli.lifecycle_cmd", "cairn.cli.pxar_cmd",
     }
@@ -68,3 +76,105 @@ def test_backup_and_restore_help_import_only_what_they_need(command):
 
 def test_unknown_command_is_one_line():
     assert_one_line_error(run_cairn("no-such-command", check=False), "No such command")
+
+
+@pytest.fixture(scope="module")
+def key_env(tmp_path_factory) -> dict:
+    home = tmp_path_factory.mktemp("home")
+    return {"XDG_CONFIG_HOME": str(home / "config"), "CAIRN_ENCRYPTION_PASSWORD": PASS}
+
+
+@pytest.fixture(scope="module")
+def keyfile(tmp_path_factory, key_env) -> Path:
+    path = tmp_path_factory.mktemp("keys") / "key.json"
+    run_cairn("key", "create", str(path), "--kdf", "pbkdf2", env=key_env)
+    return path
+
+
+@pytest.fixture(scope="module")
+def conf(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("src") / "vm.conf"
+    path.write_text("name: startup\n")
+    return path
+
+
+def test_wrong_passphrase_on_a_descriptor_is_one_line_and_writes_nothing(store_path, keyfile, conf, key_env):
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"not the passphrase\n")
+    os.close(write_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cairn", "backup", f"vm.conf:{conf}", "--keyfile", str(keyfile),
+             "--passphrase-fd", str(read_end), "--repository", str(store_path), "--backup-id", "fdpass"],
+            pass_fds=(read_end,), capture_output=True, text=True, timeout=120,
+            env={**os.environ, "XDG_CONFIG_HOME": key_env["XDG_CONFIG_HOME"]},
+        )
+    finally:
+        os.close(read_end)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "wrong passphrase" in proc.stderr
+    assert not (store_path / "host" / "fdpass").exists()
+
+
+def test_wrong_key_is_reported_even_when_its_passphrase_is_wrong_too(store_path, keyfile, conf, key_env, tmp_path):
+    run_cairn("backup", f"vm.conf:{conf}", "--keyfile", str(keyfile), "--repository", str(store_path),
+              "--backup-id", "wrongkey", "--backup-time", "1000", env=key_env)
+    other = tmp_path / "other.json"
+    run_cairn("key", "create", str(other), "--kdf", "pbkdf2", env=key_env)
+    r = run_cairn("restore", "host/wrongkey/1970-01-01T00:16:40Z", "vm.conf", str(tmp_path / "out.conf"), "--keyfile", str(other),
+                  "--repository", str(store_path), env={**key_env, "CAIRN_ENCRYPTION_PASSWORD": "wrong as well"},
+                  check=False)
+    assert_one_line_error(r, "wrong key")
+    assert not (tmp_path / "out.conf").exists()
+
+
+def test_unencrypted_restore_never_reports_an_unneeded_key(store_path, conf, key_env, tmp_path):
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "CAIRN_ENCRYPTION_PASSWORD": PASS}
+    run_cairn("key", "create", "--kdf", "pbkdf2", env=env)  # a default key, which restore looks up
+    run_cairn("backup", f"vm.conf:{conf}", "--crypt-mode", "none", "--repository", str(store_path),
+              "--backup-id", "plain", "--backup-time", "1000", env=env)
+    out = run_cairn("restore", "host/plain/1970-01-01T00:16:40Z", "vm.conf", "-", "--repository", str(store_path),
+                    env={**env, "CAIRN_ENCRYPTION_PASSWORD": "not the passphrase"})
+    assert out.stdout == conf.read_bytes()
+
+
+def _read_until(fd: int, needle: bytes | None, deadline: float) -> bytes:
+    """Terminal output up to ``needle`` (or to the end when None)."""
+    seen = b""
+    while time.monotonic() < deadline and (needle is None or needle not in seen):
+        ready, _, _ = select.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        seen += data
+    return seen
+
+
+def test_passphrase_prompt_on_a_terminal_comes_before_any_output(store_path, keyfile, conf, key_env):
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_", "PBS_"))}
+    env["XDG_CONFIG_HOME"] = key_env["XDG_CONFIG_HOME"]
+    # A new session has no controlling terminal, so getpass asks on stdin: the pty, not ours.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cairn", "backup", f"vm.conf:{conf}", "--keyfile", str(keyfile),
+         "--repository", str(store_path), "--backup-id", "typed", "--backup-time", "1000"],
+        stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env, start_new_session=True,
+    )
+    os.close(slave)
+    deadline = time.monotonic() + 120
+    try:
+        before = _read_until(master, b"password", deadline)
+        assert before.lstrip().startswith(b"Encryption key password"), before
+        os.write(master, PASS.encode() + b"\n")
+        after = _read_until(master, None, deadline)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, after
+    assert stdout.decode().strip() == "host/typed/1970-01-01T00:16:40Z"
+    assert b"snapshot host/typed" in after

@@ -1,4 +1,8 @@
-"""``cairn backup`` and ``cairn restore``."""
+"""``cairn backup`` and ``cairn restore``.
+
+Both start unlocking the key (scrypt, ~0.15 s of C that releases the GIL) before importing
+the client code they run, so the two overlap; hence the imports inside the commands.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,12 @@ import click
 
 from cairn.cli.common import key_options, ns_option, repository_option
 from cairn.cli.output import human_size
-from cairn.client.backup import BackupJob, run_backup
-from cairn.client.keys import CRYPT_MODES, backup_crypto, find_key
-from cairn.client.pxar.create import TreeOptions
-from cairn.client.pxar.previous import CHANGE_DETECTION_MODES
-from cairn.client.repository import open_repository
-from cairn.client.restore import restore_archive
+from cairn.client.keys import CRYPT_MODES, backup_crypto, backup_key, find_key
 from cairn.client.spec import parse_backup_spec
 from cairn.datastore.names import BACKUP_TYPES, GroupName, Namespace, SnapshotName
+
+#: proxmox-backup-client's --change-detection-mode values.
+CHANGE_DETECTION_MODES = ("legacy", "data", "metadata")
 
 
 @click.command()
@@ -48,8 +50,13 @@ def backup(specs: tuple[str, ...], repository: str | None, ns: Namespace, backup
     """Back up SPECs (disk.img:/dev/sdb, vm.conf:/path, log.log:-) into a new snapshot."""
     parsed = [parse_backup_spec(spec) for spec in specs]
     group = GroupName(backup_type, backup_id or socket.gethostname().split(".")[0])
+    key = backup_key(crypt_mode, keyfile, keyfd, master_pubkey_file, passphrase_fd)
+    from cairn.client.backup import BackupJob, run_backup
+    from cairn.client.pxar.create import TreeOptions
+    from cairn.client.repository import open_repository
+
     store = open_repository(repository, for_write=True)
-    crypto = backup_crypto(crypt_mode, keyfile, keyfd, master_pubkey_file, passphrase_fd)
+    crypto = backup_crypto(crypt_mode, key, master_pubkey_file)
     job = BackupJob(ns, group, backup_time, crypto.cipher, crypto.mode, crypto.master_key_payload)
     job.tree_options = TreeOptions(list(exclude), list(include_dev), fail_on_unreadable, change_detection_mode)
     result = run_backup(store, parsed, job)
@@ -81,8 +88,13 @@ def restore(snapshot: str, archive: str, target: str, repository: str | None, ns
     pxar archives (or - for the raw archive).
     """
     name = SnapshotName.parse(snapshot)
-    store = open_repository(repository)
     key = find_key(keyfile, keyfd, passphrase_fd)
+    if key is not None:
+        key.unlock_in_background()
+    from cairn.client.repository import open_repository
+    from cairn.client.restore import restore_archive
+
+    store = open_repository(repository)
     result = restore_archive(store, ns, name, archive, target, key=key, overwrite=overwrite, patterns=patterns)
     if target != "-":
         click.echo(f"restored {result.archive} ({human_size(result.size)}) to {target}", err=True)

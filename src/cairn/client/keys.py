@@ -12,14 +12,14 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cairn.datastore.fsutil import replace_file
 from cairn.errors import CryptError, FormatError, UsageError
 from cairn.format.crypt import CryptConfig
 from cairn.format.keyfile import KeyConfig, create_key_config
-from cairn.format.rsa_key import rsa_encrypt_key_config
 
 DEFAULT_KEY_NAME = "encryption-key.json"
 DEFAULT_MASTER_PUBKEY_NAME = "master-public.pem"
@@ -49,16 +49,24 @@ def _read_fd(fd: int, what: str) -> bytes:
         raise UsageError(f"cannot read {what} from file descriptor {fd}: {err.strerror}") from None
 
 
-def read_passphrase(
-    prompt: str, fd: int | None = None, env: tuple[str, ...] = PASSPHRASE_ENV, confirm: bool = False
-) -> bytes:
-    """A passphrase from a descriptor, the environment, or (on a terminal) a prompt."""
+def _given_passphrase(fd: int | None, env: tuple[str, ...]) -> bytes | None:
+    """The passphrase from the descriptor or the environment, if one was given there."""
     if fd is not None:
         return _read_fd(fd, "passphrase").rstrip(b"\r\n")
     for name in env:
         value = os.environ.get(name)
         if value is not None:
             return value.encode()
+    return None
+
+
+def read_passphrase(
+    prompt: str, fd: int | None = None, env: tuple[str, ...] = PASSPHRASE_ENV, confirm: bool = False
+) -> bytes:
+    """A passphrase from a descriptor, the environment, or (on a terminal) a prompt."""
+    given = _given_passphrase(fd, env)
+    if given is not None:
+        return given
     if not sys.stdin.isatty():
         raise CryptError(f"a passphrase is needed: set {env[0]} or use --passphrase-fd (no terminal to ask on)")
     first = getpass.getpass(prompt).encode()
@@ -85,6 +93,32 @@ def write_key_config(path: Path, config: KeyConfig, overwrite: bool = False) -> 
     replace_file(path, config.to_json().encode() + b"\n", mode=0o600)
 
 
+class _Unlocking(threading.Thread):
+    """A key file's KDF running on its own thread; :meth:`key` waits and re-raises its error.
+
+    A daemon thread: a command that fails, or turns out not to need the key, exits at once.
+    """
+
+    def __init__(self, config: KeyConfig, passphrase: bytes) -> None:
+        super().__init__(name="cairn-unlock", daemon=True)
+        self._config = config
+        self._passphrase = passphrase
+        self._key: bytes | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._key, _, _ = self._config.decrypt(self._passphrase)
+        except BaseException as err:  # raised again by key(), in the command's thread
+            self._error = err
+
+    def key(self) -> bytes:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._key
+
+
 @dataclass
 class KeySource:
     """A key not yet unlocked: unlocking may prompt, so it happens only when needed."""
@@ -92,8 +126,29 @@ class KeySource:
     config: KeyConfig
     origin: str
     passphrase_fd: int | None = None
+    _unlocking: _Unlocking | None = field(default=None, init=False, repr=False)
+
+    def unlock_in_background(self) -> None:
+        """Start unlocking on a thread when the passphrase is given (descriptor or environment).
+
+        Deriving the key with PBS's scrypt parameters takes ~0.15 s, and hashlib releases the
+        GIL meanwhile, so a command that calls this first gets its imports and the opening of
+        the store for free. A failed derivation (a wrong passphrase) is kept for :meth:`unlock`
+        to raise, so it surfaces exactly where it did before; a command that ends up not
+        needing the key never reports it. A passphrase still to be typed is asked for by :meth:`unlock`,
+        not here, so the prompt comes no earlier than it did.
+        """
+        if self._unlocking is not None or not self.config.needs_passphrase:
+            return
+        passphrase = _given_passphrase(self.passphrase_fd, PASSPHRASE_ENV)
+        if passphrase is not None:
+            self._unlocking = _Unlocking(self.config, passphrase)
+            self._unlocking.start()
 
     def unlock(self) -> CryptConfig:
+        """The unlocked key, waiting for :meth:`unlock_in_background` if it was started."""
+        if self._unlocking is not None:
+            return CryptConfig(self._unlocking.key())
         passphrase = None
         if self.config.needs_passphrase:
             passphrase = read_passphrase(f"Encryption key password ({self.origin}): ", self.passphrase_fd)
@@ -124,26 +179,42 @@ class BackupCrypto:
     master_key_payload: bytes | None  # the key, RSA-encrypted for the master key
 
 
-def backup_crypto(
+def backup_key(
     crypt_mode: str | None, keyfile: str | None, keyfd: int | None, master_pubkey_file: str | None,
     passphrase_fd: int | None = None,
-) -> BackupCrypto:
-    """Decide how a backup is protected, with PBS's rules for explicit and default keys."""
+) -> KeySource | None:
+    """The key a backup uses under PBS's rules for explicit and default keys (None: no key).
+
+    Its unlock is already started in the background (see :meth:`KeySource.unlock_in_background`);
+    :func:`backup_crypto` waits for it.
+    """
     if crypt_mode == "none":
         if keyfile is not None or keyfd is not None:
             raise UsageError("--keyfile/--keyfd and --crypt-mode=none are mutually exclusive")
-        return BackupCrypto("none", None, None)
+        return None
     source = find_key(keyfile, keyfd, passphrase_fd)
     if source is None:
         if crypt_mode is not None:
             raise UsageError(f"--crypt-mode {crypt_mode} needs --keyfile (and no default key exists)")
         if master_pubkey_file is not None:
             raise UsageError("--master-pubkey-file needs an encryption key (--keyfile)")
+        return None
+    source.unlock_in_background()
+    return source
+
+
+def backup_crypto(
+    crypt_mode: str | None, source: KeySource | None, master_pubkey_file: str | None
+) -> BackupCrypto:
+    """How a backup is protected: the unlocked key of :func:`backup_key` and its master-key copy."""
+    if source is None:
         return BackupCrypto("none", None, None)
     cipher = source.unlock()
     master_path = Path(master_pubkey_file) if master_pubkey_file else default_master_pubkey_path()
     payload = None
     if master_pubkey_file is not None or master_path.exists():
+        from cairn.format.rsa_key import rsa_encrypt_key_config  # RSA costs imports; few backups need it
+
         try:
             master = master_path.read_bytes()
         except OSError as err:
