@@ -103,3 +103,10 @@ def test_backup_key_rules(tmp_path, config, monkeypatch):
     monkeypatch.setenv("CAIRN_ENCRYPTION_PASSWORD", PASS.decode())
     crypto = backup_crypto("sign-only", backup_key("sign-only", str(path), None, None), None)
     assert (crypto.mode, crypto.cipher.key, crypto.master_key_payload) == ("sign-only", KEY, None)
+
+
+def test_unreadable_passphrase_descriptor_is_reported_by_unlock(config):
+    source = KeySource(config, "test", passphrase_fd=987654)  # no such descriptor
+    source.unlock_in_background()
+    with pytest.raises(UsageError, match="cannot read passphrase from file descriptor"):
+        source.unlock()

@@ -133,14 +133,17 @@ class KeySource:
 
         Deriving the key with PBS's scrypt parameters takes ~0.15 s, and hashlib releases the
         GIL meanwhile, so a command that calls this first gets its imports and the opening of
-        the store for free. A failed derivation (a wrong passphrase) is kept for :meth:`unlock`
-        to raise, so it surfaces exactly where it did before; a command that ends up not
-        needing the key never reports it. A passphrase still to be typed is asked for by :meth:`unlock`,
-        not here, so the prompt comes no earlier than it did.
+        the store for free. Any failure (a wrong passphrase, an unreadable descriptor) is left
+        for :meth:`unlock` to raise, so it surfaces exactly where it did before, and a command
+        that ends up not needing the key never reports it. A passphrase still to be typed is
+        asked for by :meth:`unlock`, not here, so the prompt comes no earlier than it did.
         """
         if self._unlocking is not None or not self.config.needs_passphrase:
             return
-        passphrase = _given_passphrase(self.passphrase_fd, PASSPHRASE_ENV)
+        try:
+            passphrase = _given_passphrase(self.passphrase_fd, PASSPHRASE_ENV)
+        except UsageError:  # unlock() reads the descriptor again and reports it
+            return
         if passphrase is not None:
             self._unlocking = _Unlocking(self.config, passphrase)
             self._unlocking.start()
