@@ -18,6 +18,7 @@ from cairn.format.pxar import (
     Metadata,
 )
 from cairn.format.pxar import constants as c
+from cairn.format.pxar.items import encode_metadata
 
 DIR = Metadata(mode=S_IFDIR | 0o755)
 REG = Metadata(mode=S_IFREG | 0o644)
@@ -365,6 +366,33 @@ def test_split_only_features():
     enc.advance(100)
     with pytest.raises(FormatError, match="before the current payload position"):
         enc.add_payload_ref(b"f", REG, 1, 50)
+
+
+def test_payload_ref_with_encoded_metadata():
+    """Metadata given encoded writes the same bytes; bytes of another shape are refused."""
+    md = Metadata(mode=S_IFREG | 0o600, uid=7, mtime_ns=-5, xattrs=[(b"user.a", b"1")], fcaps=b"c")
+    archives = []
+    for given in (md, encode_metadata(md)):
+        out = bytearray()
+        enc = Encoder(out.extend, DIR, payload_write=bytearray().extend)
+        enc.advance(100)
+        enc.add_payload_ref(b"f", given, 3, 120)
+        enc.finish()
+        archives.append(bytes(out))
+    assert archives[0] == archives[1]
+    assert access(archives[1]).lookup(b"f").metadata == md
+    good = encode_metadata(md)
+    for bad, problem in [
+        (encode_metadata(DIR), "not S_IFREG"),
+        (good[:40], "too short"),
+        (hdr(c.PXAR_ENTRY_V1, 40) + good[16:], "ENTRY item"),
+        (good + hdr(c.PXAR_SYMLINK, 1) + b"\0", "not an attribute item"),
+        (good + hdr(c.PXAR_XATTR, 10) + b"a\0", "runs past"),
+        (good + b"\0" * 8, "inside an item header"),
+    ]:
+        enc = new_encoder(payload_write=bytearray().extend)
+        with pytest.raises(FormatError, match=problem):
+            enc.add_payload_ref(b"f", bad, 3, 16)
 
 
 def test_hardlink_must_point_backwards():

@@ -304,7 +304,7 @@ class Archiver:
                     items = encode_metadata(metadata)
                     span = reuser.reusable_range(parent.previous, name, items, st.st_size)
                 if span is not None:
-                    reuser.add_file(span, _HeldFile(self, fd, name, path, st, metadata))
+                    reuser.add_file(span, _HeldFile(self, fd, name, path, st, items))
                     held = True
                     return
                 reuser.flush()
@@ -329,7 +329,7 @@ class Archiver:
         if (after.st_mtime_ns, after.st_ctime_ns, after.st_size) != (st.st_mtime_ns, st.st_ctime_ns, size):
             self._changed(path)
 
-    def _write_reused(self, name: bytes, metadata: Metadata, st: os.stat_result, payload_offset: int) -> None:
+    def _write_reused(self, name: bytes, metadata: bytes, st: os.stat_result, payload_offset: int) -> None:
         """Add an unchanged file whose payload the reuser injects at ``payload_offset``."""
         assert self._encoder is not None
         self._encoder.add_payload_ref(name, metadata, st.st_size, payload_offset)
@@ -560,25 +560,31 @@ class Archiver:
 
 
 class _HeldFile:
-    """An unchanged file the reuser holds back (``reuse.HeldFile``), in one small object."""
+    """An unchanged file the reuser holds back (``reuse.HeldFile``), in one small object.
 
-    __slots__ = ("_archiver", "_metadata", "_name", "_path", "_st", "fd")
+    It keeps the file's metadata encoded (bytes): thousands of held ``Metadata`` objects,
+    each with its ACL lists, would be walked by every garbage collection meanwhile.
+    """
+
+    __slots__ = ("_archiver", "_items", "_name", "_path", "_st", "fd")
 
     def __init__(
-        self, archiver: Archiver, fd: int, name: bytes, path: bytes, st: os.stat_result, metadata: Metadata
+        self, archiver: Archiver, fd: int, name: bytes, path: bytes, st: os.stat_result, items: bytes
     ) -> None:
         self._archiver = archiver
         self.fd = fd
         self._name = name
         self._path = path
         self._st = st
-        self._metadata = metadata
+        self._items = items
 
     def reuse(self, payload_offset: int) -> None:
-        self._archiver._write_reused(self._name, self._metadata, self._st, payload_offset)
+        self._archiver._write_reused(self._name, self._items, self._st, payload_offset)
 
     def reencode(self) -> None:
-        self._archiver._write_file(self.fd, self._name, self._path, self._st, self._metadata)
+        archiver = self._archiver
+        metadata = archiver._metadata(self._st, self.fd)
+        archiver._write_file(self.fd, self._name, self._path, self._st, metadata)
 
 
 def _listing(open_directory: Callable[[], Directory]) -> Listing | None:

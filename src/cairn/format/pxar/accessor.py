@@ -22,15 +22,8 @@ from .constants import (
     FORMAT_VERSION_2,
     GOODBYE_ITEM_SIZE,
     HEADER_SIZE,
-    PXAR_ACL_DEFAULT,
-    PXAR_ACL_DEFAULT_GROUP,
-    PXAR_ACL_DEFAULT_USER,
-    PXAR_ACL_GROUP,
-    PXAR_ACL_GROUP_OBJ,
-    PXAR_ACL_USER,
     PXAR_ENTRY,
     PXAR_ENTRY_V1,
-    PXAR_FCAPS,
     PXAR_FILENAME,
     PXAR_FORMAT_VERSION,
     PXAR_GOODBYE,
@@ -38,14 +31,19 @@ from .constants import (
     PXAR_PAYLOAD,
     PXAR_PAYLOAD_REF,
     PXAR_PRELUDE,
-    PXAR_QUOTA_PROJID,
-    PXAR_XATTR,
     STAT_SIZE,
 )
 from .entry import Entry, EntryKind, PathNode
 from .entry_parser import make_entry, parse_entry
 from .goodbye import bst_find, hash_filename, iter_items, unpack_item
-from .items import HEADER, check_header, fail, parse_filename, parse_format_version
+from .items import (
+    ATTRIBUTE_ITEMS,
+    HEADER,
+    check_header,
+    fail,
+    parse_filename,
+    parse_format_version,
+)
 
 _TAIL_READ = 4096  # bytes read at a directory's end: the tail, and all of a small table
 _PAGE_ITEMS = 512  # goodbye records fetched per read for large tables
@@ -54,19 +52,6 @@ _PAIR = struct.Struct("<QQ")
 _SCAN_WINDOW = 1 << 16  # bytes of neighbouring children a listing fetches at once
 _ENTRY_FULL_SIZE = HEADER_SIZE + STAT_SIZE
 _PAYLOAD_REF_FULL_SIZE = HEADER_SIZE + 16
-_ATTRIBUTES = frozenset(
-    {
-        PXAR_XATTR,
-        PXAR_ACL_USER,
-        PXAR_ACL_GROUP,
-        PXAR_ACL_GROUP_OBJ,
-        PXAR_ACL_DEFAULT,
-        PXAR_ACL_DEFAULT_USER,
-        PXAR_ACL_DEFAULT_GROUP,
-        PXAR_FCAPS,
-        PXAR_QUOTA_PROJID,
-    }
-)
 
 
 class StoredFile(NamedTuple):
@@ -534,7 +519,7 @@ def _scan_child(
                 return name, None
             offset, size = _PAIR.unpack_from(data, item + HEADER_SIZE)
             return name, StoredFile(data[items:item], offset, size)
-        if htype not in _ATTRIBUTES or full_size < HEADER_SIZE:
+        if htype not in ATTRIBUTE_ITEMS or full_size < HEADER_SIZE:
             return name, None
         item += full_size
     return name, None

@@ -20,6 +20,7 @@ from .constants import (
     PXAR_PAYLOAD,
     PXAR_PAYLOAD_START_MARKER,
     PXAR_PAYLOAD_TAIL_MARKER,
+    S_IFREG,
 )
 from .goodbye import encode_goodbye, hash_filename
 from .items import (
@@ -31,6 +32,7 @@ from .items import (
     encode_payload_ref,
     encode_prelude,
     encode_symlink,
+    encoded_file_type,
     header,
 )
 from .metadata import Metadata
@@ -249,17 +251,26 @@ class Encoder:
         return file_offset
 
     def add_payload_ref(
-        self, name: bytes, metadata: Metadata, size: int, payload_offset: int
+        self, name: bytes, metadata: Metadata | bytes, size: int, payload_offset: int
     ) -> int:
         """Add a file whose PAYLOAD (header and contents) is already in the payload stream.
 
         This is how the "metadata" change-detection mode reuses unchanged files: the caller
         re-injects their payload chunks, announces them with ``advance``, and points here at
         the PAYLOAD header inside them. Returns the file's offset for hardlinks.
+
+        ``metadata`` may also be given encoded, as ``encode_metadata`` returned it: that mode
+        compares files by their encoded metadata and so has it at hand.
         """
         filename = self._begin(name)
         payload = self._require_payload()
-        if not metadata.is_regular_file():
+        if isinstance(metadata, Metadata):
+            file_type = metadata.file_type
+            items = encode_metadata(metadata)
+        else:
+            items = bytes(metadata)
+            file_type = encoded_file_type(items)
+        if file_type != S_IFREG:
             raise FormatError(
                 f"pxar: {name!r} added as a file but its mode is not S_IFREG"
             )
@@ -270,12 +281,9 @@ class Encoder:
                 f"pxar: payload offset {payload_offset} is before the current payload "
                 f"position {payload.position}"
             )
-        items = (
-            filename
-            + encode_metadata(metadata)
-            + encode_payload_ref(payload_offset, size)
+        return self._add_entry(
+            name, filename + items + encode_payload_ref(payload_offset, size)
         )
-        return self._add_entry(name, items)
 
     def advance(self, size: int) -> None:
         """Account for ``size`` bytes the caller wrote into the payload stream itself."""

@@ -5,27 +5,19 @@ from dataclasses import dataclass
 from .byte_source import RangeSource, StreamSource
 from .constants import (
     FORMAT_VERSION_2,
-    PXAR_ACL_DEFAULT,
-    PXAR_ACL_DEFAULT_GROUP,
-    PXAR_ACL_DEFAULT_USER,
-    PXAR_ACL_GROUP,
-    PXAR_ACL_GROUP_OBJ,
-    PXAR_ACL_USER,
     PXAR_DEVICE,
     PXAR_ENTRY,
     PXAR_ENTRY_V1,
-    PXAR_FCAPS,
     PXAR_FILENAME,
     PXAR_GOODBYE,
     PXAR_HARDLINK,
     PXAR_PAYLOAD,
     PXAR_PAYLOAD_REF,
-    PXAR_QUOTA_PROJID,
     PXAR_SYMLINK,
-    PXAR_XATTR,
 )
 from .entry import Entry, EntryKind, PathNode
 from .items import (
+    ATTRIBUTE_ITEMS,
     apply_attribute,
     fail,
     parse_hardlink,
@@ -38,21 +30,7 @@ from .metadata import Metadata
 Header = tuple[int, int, int]  # (htype, content size, offset of the header)
 
 # Items that may follow ENTRY and whose content is read whole (all are size-capped).
-_ENTRY_ITEMS = frozenset(
-    {
-        PXAR_XATTR,
-        PXAR_ACL_USER,
-        PXAR_ACL_GROUP,
-        PXAR_ACL_GROUP_OBJ,
-        PXAR_ACL_DEFAULT,
-        PXAR_ACL_DEFAULT_USER,
-        PXAR_ACL_DEFAULT_GROUP,
-        PXAR_FCAPS,
-        PXAR_QUOTA_PROJID,
-        PXAR_SYMLINK,
-        PXAR_DEVICE,
-    }
-)
+_ENTRY_ITEMS = ATTRIBUTE_ITEMS | {PXAR_SYMLINK, PXAR_DEVICE}
 
 
 @dataclass(slots=True)

@@ -37,6 +37,7 @@ from .constants import (
     PXAR_QUOTA_PROJID,
     PXAR_SYMLINK,
     PXAR_XATTR,
+    S_IFMT,
     STAT_SIZE,
     STAT_V1_SIZE,
 )
@@ -45,6 +46,7 @@ from .metadata import Acl, AclDefault, AclGroup, AclUser, Metadata
 HEADER = struct.Struct("<QQ")
 _STAT = struct.Struct("<QQIIqII")
 _ENTRY_ITEM = struct.Struct("<QQQQIIqII")  # ENTRY header and stat in one pack
+_ENTRY_MODE = struct.Struct("<QQQ")  # ENTRY header and mode
 _ENTRY_FULL_SIZE = HEADER_SIZE + STAT_SIZE
 _PAYLOAD_REF_ITEM = struct.Struct("<QQQQ")
 _STAT_V1 = struct.Struct("<QQIIQ")
@@ -52,6 +54,21 @@ _U64 = struct.Struct("<Q")
 _PAIR = struct.Struct("<QQ")
 _QUAD = struct.Struct("<QQQQ")
 _NANOS = 1_000_000_000
+
+# Items after ENTRY that describe the entry further; an entry has any number of them.
+ATTRIBUTE_ITEMS = frozenset(
+    {
+        PXAR_XATTR,
+        PXAR_ACL_USER,
+        PXAR_ACL_GROUP,
+        PXAR_ACL_GROUP_OBJ,
+        PXAR_ACL_DEFAULT,
+        PXAR_ACL_DEFAULT_USER,
+        PXAR_ACL_DEFAULT_GROUP,
+        PXAR_FCAPS,
+        PXAR_QUOTA_PROJID,
+    }
+)
 
 # Largest content each item type may claim. Exact-size items are checked exactly when
 # parsed; PAYLOAD and GOODBYE are streamed, never held whole, so they have no cap here.
@@ -269,6 +286,28 @@ def _encode_acl(acl: Acl) -> list[bytes]:
 
 def _acl_pair(ident: int, permissions: int) -> bytes:
     return _PAIR.pack(_u64(ident, "ACL id"), _u64(permissions, "ACL permission"))
+
+
+def encoded_file_type(items: bytes) -> int:
+    """The ``S_IFMT`` bits of metadata encoded by ``encode_metadata``, after checking that
+    ``items`` are an ENTRY and attribute items laid end to end: bytes of that shape keep an
+    archive decodable (that they hold what the caller claims is the caller's word)."""
+    end = len(items)
+    if end < _ENTRY_FULL_SIZE:
+        raise FormatError("pxar: encoded metadata is too short for an ENTRY item")
+    htype, full_size, mode = _ENTRY_MODE.unpack_from(items)
+    if htype != PXAR_ENTRY or full_size != _ENTRY_FULL_SIZE:
+        raise FormatError("pxar: encoded metadata does not start with an ENTRY item")
+    pos = _ENTRY_FULL_SIZE
+    while pos < end:
+        if end - pos < HEADER_SIZE:
+            raise FormatError("pxar: encoded metadata ends inside an item header")
+        htype, full_size = HEADER.unpack_from(items, pos)
+        if htype not in ATTRIBUTE_ITEMS:
+            raise fail(pos, htype, "is not an attribute item")
+        check_header(htype, full_size, pos, end - pos)
+        pos += full_size
+    return mode & S_IFMT
 
 
 # --- parsers --------------------------------------------------------------------------------
