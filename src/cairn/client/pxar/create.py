@@ -75,11 +75,15 @@ class TreeStats:
 
 @dataclass
 class _Dir:
-    """A directory being archived: its fd, its entries still to add, its exclude level."""
+    """A directory being archived: its fd, its entries still to add, its exclude level.
+
+    Entries carry their file type (``S_IFMT`` bits) as the directory listing tells it, or
+    None for the command line's excludes (``.pxarexclude-cli``).
+    """
 
     fd: int
     path: bytes  # relative to the root, b"" for the root itself
-    entries: list[tuple[bytes, os.stat_result | None]]
+    entries: list[tuple[bytes, int | None]]
     pattern_count: int
     pos: int = 0
     previous: Listing | None = None  # the same directory in the reference archive
@@ -192,36 +196,48 @@ class Archiver:
                 if stack:
                     self._emit(self._end_directory)
                 continue
-            name, st = frame.entries[frame.pos]
+            name, file_type = frame.entries[frame.pos]
             frame.pos += 1
-            if st is None:
+            if file_type is None:
                 self._add_cli_excludes()
                 continue
-            child = self._add_entry(frame, name, st)
+            child = self._add_entry(frame, name, file_type)
             if child is not None:
                 stack.append(child)
 
     def _open_listing(self, fd: int, path: bytes, is_root: bool = False) -> _Dir:
-        """Read the directory's .pxarexclude, then list and filter its entries."""
+        """Read the directory's .pxarexclude, then list and filter its entries.
+
+        The listing's file types spare an lstat per file and directory: each is opened and
+        fstat-ed when added anyway. Only other kinds of entries are stat-ed here.
+        """
         pattern_count = len(self._patterns)
         self._read_pxarexclude(fd, path)
-        entries: list[tuple[bytes, os.stat_result | None]] = []
-        for text in os.listdir(fd):
-            name = os.fsencode(text)
-            if is_root and name == PXAREXCLUDE_CLI:
-                continue
-            child_path = path + b"/" + name if path else name
-            try:
-                st = os.lstat(name, dir_fd=fd)
-            except FileNotFoundError:
-                continue
-            if match(self._patterns, b"/" + child_path, st.st_mode) is MatchType.EXCLUDE:
-                continue
-            entries.append((name, st))
+        patterns = self._patterns
+        entries: list[tuple[bytes, int | None]] = []
+        with os.scandir(fd) as listing:
+            for child in listing:
+                name = os.fsencode(child.name)
+                if is_root and name == PXAREXCLUDE_CLI:
+                    continue
+                try:
+                    if child.is_file(follow_symlinks=False):
+                        file_type = stat.S_IFREG
+                    elif child.is_dir(follow_symlinks=False):
+                        file_type = stat.S_IFDIR
+                    else:
+                        file_type = stat.S_IFMT(child.stat(follow_symlinks=False).st_mode)
+                except FileNotFoundError:
+                    continue
+                if patterns:
+                    child_path = b"/" + path + b"/" + name if path else b"/" + name
+                    if match(patterns, child_path, file_type) is MatchType.EXCLUDE:
+                        continue
+                entries.append((name, file_type))
         if is_root and self._cli_patterns and self._payload_write is None:
             # Split archives keep the excludes in their prelude instead, as PBS does.
             entries.append((PXAREXCLUDE_CLI, None))
-        entries.sort(key=lambda item: item[0])
+        entries.sort()  # by name: names are unique
         return _Dir(fd, path, entries, pattern_count)
 
     def _read_pxarexclude(self, fd: int, path: bytes) -> None:
@@ -258,18 +274,17 @@ class Archiver:
 
     # --- one entry ------------------------------------------------------------------------
 
-    def _add_entry(self, parent: _Dir, name: bytes, st: os.stat_result) -> _Dir | None:
+    def _add_entry(self, parent: _Dir, name: bytes, file_type: int) -> _Dir | None:
         path = parent.path + b"/" + name if parent.path else name
-        mode = st.st_mode
         try:
-            if stat.S_ISREG(mode):
+            if file_type == stat.S_IFREG:
                 self._add_file(parent, name, path)
-            elif stat.S_ISDIR(mode):
+            elif file_type == stat.S_IFDIR:
                 return self._add_directory(parent, name, path)
-            elif stat.S_ISLNK(mode):
-                self._add_symlink(parent.fd, name, path, st)
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
-                self._add_special(parent.fd, name, path, st)
+            elif file_type == stat.S_IFLNK:
+                self._add_symlink(parent.fd, name, path)
+            elif file_type in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO):
+                self._add_special(parent.fd, name, path)
             # Sockets belong to running services and are not archived.
         except FormatError as err:
             self._unreadable(path, str(err).removeprefix("pxar: "))
@@ -329,10 +344,11 @@ class Archiver:
         if (after.st_mtime_ns, after.st_ctime_ns, after.st_size) != (st.st_mtime_ns, st.st_ctime_ns, size):
             self._changed(path)
 
-    def _write_reused(self, name: bytes, metadata: bytes, st: os.stat_result, payload_offset: int) -> None:
-        """Add an unchanged file whose payload the reuser injects at ``payload_offset``."""
+    def _write_reused(self, name: bytes, items: bytes, st: os.stat_result, payload_offset: int) -> None:
+        """Add an unchanged file (its metadata encoded) whose payload the reuser injects at
+        ``payload_offset``."""
         assert self._encoder is not None
-        self._encoder.add_payload_ref(name, metadata, st.st_size, payload_offset)
+        self._encoder.add_payload_ref(name, items, st.st_size, payload_offset)
         if self._catalog is not None:
             self._catalog.add_file(name, st.st_size, st.st_mtime_ns // _NANOS)
 
@@ -436,8 +452,12 @@ class Archiver:
         assert accessor is not None
         return _listing(lambda: accessor.open_directory(entry))
 
-    def _add_symlink(self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result) -> None:
+    def _add_symlink(self, dir_fd: int, name: bytes, path: bytes) -> None:
         try:
+            st = os.lstat(name, dir_fd=dir_fd)
+            if not stat.S_ISLNK(st.st_mode):
+                self._changed(path)
+                return
             target = os.readlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             self._vanished(path)
@@ -455,7 +475,7 @@ class Archiver:
         if self._catalog is not None:
             self._catalog.add_symlink(name)
 
-    def _add_special(self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result) -> None:
+    def _add_special(self, dir_fd: int, name: bytes, path: bytes) -> None:
         fd = self._open(dir_fd, name, path, os.O_PATH)
         if fd is None:
             return
