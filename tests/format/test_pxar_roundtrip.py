@@ -345,7 +345,7 @@ def test_listing_refuses_overlapping_records_and_repeated_names():
     # Both children named "a".
     twice = bytes(meta).replace(b"b\0", b"a\0")
     acc = Accessor(lambda o, n: twice[o : o + n], len(twice))
-    with pytest.raises(FormatError, match="second child named"):
+    with pytest.raises(FormatError, match="same name"):
         acc.open_root().listing()
 
 

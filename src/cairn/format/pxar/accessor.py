@@ -11,6 +11,9 @@ so corrupt or hostile data ends in ``FormatError`` and never in a loop.
 """
 
 import struct
+import sys
+from array import array
+from bisect import bisect_right
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -22,6 +25,7 @@ from .constants import (
     FORMAT_VERSION_2,
     GOODBYE_ITEM_SIZE,
     HEADER_SIZE,
+    MAX_FILENAME_LEN,
     PXAR_ENTRY,
     PXAR_ENTRY_V1,
     PXAR_FILENAME,
@@ -35,7 +39,7 @@ from .constants import (
 )
 from .entry import Entry, EntryKind, PathNode
 from .entry_parser import make_entry, parse_entry
-from .goodbye import bst_find, hash_filename, iter_items, unpack_item
+from .goodbye import bst_find, hash_filename, unpack_item
 from .items import (
     ATTRIBUTE_ITEMS,
     HEADER,
@@ -52,6 +56,8 @@ _PAIR = struct.Struct("<QQ")
 _SCAN_WINDOW = 1 << 16  # bytes of neighbouring children a listing fetches at once
 _ENTRY_FULL_SIZE = HEADER_SIZE + STAT_SIZE
 _PAYLOAD_REF_FULL_SIZE = HEADER_SIZE + 16
+_FILENAME_MAX = HEADER_SIZE + MAX_FILENAME_LEN + 1
+_FILE_ITEMS = struct.Struct(f"<QQ{STAT_SIZE}xQQQQ")  # ENTRY header, stat, PAYLOAD_REF
 
 
 class StoredFile(NamedTuple):
@@ -298,17 +304,16 @@ class Directory:
 
     def listing(self) -> "Listing":
         """Every child by name, read in one pass over the directory (see ``Listing``)."""
-        records = sorted(
-            (self.goodbye_offset - back, slot)
-            for slot, (_hash, back, _size) in enumerate(self._records())
-        )
-        bounds = [offset for offset, _slot in records]
-        bounds.append(self.goodbye_offset)
+        goodbye_offset = self.goodbye_offset
+        offsets = [goodbye_offset - back for back in self._backs()]
+        order = sorted(range(len(offsets)), key=offsets.__getitem__)
+        bounds = [offsets[slot] for slot in order]
+        bounds.append(goodbye_offset)
         previous = self.start
         for offset in bounds:
             if offset <= previous:
                 raise fail(
-                    self.goodbye_offset,
+                    goodbye_offset,
                     PXAR_GOODBYE,
                     "records overlap or point outside their directory",
                 )
@@ -316,29 +321,30 @@ class Directory:
         split = self._accessor.format_version >= FORMAT_VERSION_2
         files: dict[bytes, StoredFile] = {}
         slots: dict[bytes, int] = {}
-        count = len(records)
+        count = len(order)
         first = 0
         while first < count:
             base = bounds[first]
-            last = first
-            while last < count and bounds[last + 1] - base <= _SCAN_WINDOW:
-                last += 1
+            last = bisect_right(bounds, base + _SCAN_WINDOW, first + 1) - 1
             if last == first:
-                found = [self._scan_large_child(records[first][1], bounds[first + 1], split)]
-                last = first + 1
-            else:
-                window = fetch(self._read_at, base, bounds[last] - base)
-                found = [
-                    _scan_child(window, bounds[k] - base, bounds[k + 1] - base, bounds[k], split)
-                    for k in range(first, last)
-                ]
-            for k, (name, stored) in enumerate(found, first):
-                if name in slots:
-                    raise fail(bounds[k], PXAR_FILENAME, f"second child named {name!r}")
-                slots[name] = records[k][1]
+                name, stored = self._scan_large_child(order[first], bounds[first + 1], split)
+                slots[name] = order[first]
                 if stored is not None:
                     files[name] = stored
+                first += 1
+                continue
+            window = fetch(self._read_at, base, bounds[last] - base)
+            start = 0
+            for k in range(first, last):
+                end = bounds[k + 1] - base
+                name, stored = _scan_child(window, start, end, base + start, split)
+                slots[name] = order[k]
+                if stored is not None:
+                    files[name] = stored
+                start = end
             first = last
+        if len(slots) != count:
+            raise fail(goodbye_offset, PXAR_GOODBYE, "two children have the same name")
         return Listing(self, files, slots)
 
     def entries(self) -> Iterator[Entry]:
@@ -384,13 +390,16 @@ class Directory:
         data = fetch(self._read_at, entry.file_offset, end - entry.file_offset)
         return _scan_child(data, 0, len(data), entry.file_offset, split)
 
-    def _records(self) -> Iterator[tuple[int, int, int]]:
-        """Every child's goodbye record, in table order."""
+    def _backs(self) -> array:
+        """Every child's offset back from the GOODBYE item, in table order."""
         table = self._table
         if table is None:
             size = self._count * GOODBYE_ITEM_SIZE
             table = fetch(self._read_at, self.goodbye_offset + HEADER_SIZE, size)
-        return iter_items(table)
+        items = array("Q", table)
+        if sys.byteorder == "big":
+            items.byteswap()
+        return items[1::3]
 
     def _hash_at(self, slot: int) -> int:
         return self._item(slot)[0]
@@ -500,18 +509,19 @@ def _scan_child(
     if end - pos < HEADER_SIZE:
         raise fail(at, None, "goodbye record points at a child too small for a FILENAME")
     htype, full_size = HEADER.unpack_from(data, pos)
-    check_header(htype, full_size, at, end - pos)
-    if htype != PXAR_FILENAME:
+    if htype != PXAR_FILENAME or not HEADER_SIZE < full_size <= min(end - pos, _FILENAME_MAX):
+        check_header(htype, full_size, at, end - pos)  # the precise complaint, if any
         raise FormatError(f"pxar: expected a FILENAME item at offset {at}")
     name = parse_filename(data[pos + HEADER_SIZE : pos + full_size], at)
     items = pos + full_size
-    if (
-        not split
-        or end - items < _ENTRY_FULL_SIZE + _PAYLOAD_REF_FULL_SIZE
-        or HEADER.unpack_from(data, items) != (PXAR_ENTRY, _ENTRY_FULL_SIZE)
-    ):
+    if not split or end - items < _ENTRY_FULL_SIZE + _PAYLOAD_REF_FULL_SIZE:
+        return name, None
+    entry, entry_size, ref, ref_size, offset, size = _FILE_ITEMS.unpack_from(data, items)
+    if entry != PXAR_ENTRY or entry_size != _ENTRY_FULL_SIZE:
         return name, None
     item = items + _ENTRY_FULL_SIZE
+    if ref == PXAR_PAYLOAD_REF and ref_size == _PAYLOAD_REF_FULL_SIZE:
+        return name, StoredFile(data[items:item], offset, size)  # most files: no attributes
     while end - item >= HEADER_SIZE:
         htype, full_size = HEADER.unpack_from(data, item)
         if htype == PXAR_PAYLOAD_REF:
