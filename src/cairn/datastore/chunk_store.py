@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from cairn.datastore.fsutil import temp_name
+from cairn.datastore.fsutil import start_writeback, temp_name
 from cairn.errors import StoreError
 
 CHUNK_DIR = ".chunks"
@@ -86,8 +86,7 @@ class ChunkStore:
                 pass  # garbage collection moved it aside just now: write it again
         tmp = temp_name(path)
         try:
-            with open(tmp, "xb") as out:
-                out.write(raw)
+            _write_new(tmp, raw)
             os.rename(tmp, path)
         except FileNotFoundError:
             tmp.unlink(missing_ok=True)
@@ -146,3 +145,15 @@ def is_chunk_name(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _write_new(path: Path, data: bytes | memoryview) -> None:
+    """Create ``path`` (it must not exist) holding ``data``, and start its writeback."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        start_writeback(fd)
+    finally:
+        os.close(fd)

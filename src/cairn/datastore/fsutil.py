@@ -63,3 +63,17 @@ def syncfs(path: Path) -> None:
             raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing ``fd``'s dirty pages to disk now, without waiting for them.
+
+    Chunks are not fsynced one by one; a backup ends with one ``syncfs`` instead. Starting
+    each chunk's writeback as soon as it is written spreads that I/O over the backup, so
+    the final ``syncfs`` finds little left to wait for. Durability is unchanged: only the
+    ``syncfs`` promises anything. Failures are ignored for the same reason.
+    """
+    _libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), _SYNC_FILE_RANGE_WRITE)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cairn.datastore.datastore import DEFAULT_OWNER, OWNER_FILE, Datastore
@@ -40,14 +41,17 @@ class WriteStats:
     chunks_new: int = 0
     chunks_reused: int = 0
     bytes_new: int = 0
+    # Several archives of one snapshot are chunked at once, each by its own thread.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record(self, stored) -> None:
         """Count one chunk a client stored (a ``client.chunks.StoredChunk``)."""
-        if stored.new_bytes:
-            self.chunks_new += 1
-            self.bytes_new += stored.new_bytes
-        else:
-            self.chunks_reused += 1
+        with self._lock:
+            if stored.new_bytes:
+                self.chunks_new += 1
+                self.bytes_new += stored.new_bytes
+            else:
+                self.chunks_reused += 1
 
 
 class _IndexFileWriter:

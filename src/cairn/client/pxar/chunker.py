@@ -28,7 +28,7 @@ MAX_CHUNK = 16 << 20
 # FastCDC's mean chunk comes out near its "average" parameter plus the minimum; asking for
 # 3 MiB gives PBS's 4 MiB mean.
 _FASTCDC_AVERAGE = 3 << 20
-_CUT_THRESHOLD = 32 << 20  # bytes gathered before a cut pass; bounds memory per stream
+_CUT_THRESHOLD = 16 << 20  # bytes gathered before a cut pass; bounds memory per stream
 
 Buffer = bytes | bytearray | memoryview
 

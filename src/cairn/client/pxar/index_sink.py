@@ -1,14 +1,25 @@
 """A write target that turns a byte stream into stored chunks and a dynamic index.
 
 The pxar encoder and the catalog writer push their output through ``write``; this is the
-push-side twin of ``pipeline.ordered_map``: chunks are cut here, digested, compressed,
-encrypted and stored by a thread pool (C code that releases the GIL), and their digests are
-appended to the index in stream order. At most ``max_inflight`` chunks are in flight, so
-memory stays flat however large the tree is.
+push-side twin of ``pipeline.ordered_map``. Three stages keep both cores busy:
+
+- the caller's thread (walking and reading the tree) only hands its pieces over, in
+  batches through a short queue;
+- a cutter thread joins the pieces and cuts them into chunks (FastCDC in C, without the
+  GIL), submits each chunk to the pool and appends the digests to the index in stream
+  order;
+- a thread pool digests, compresses, encrypts and stores the chunks (C code that releases
+  the GIL).
+
+Both the queue and the chunks in flight are bounded in bytes, so memory stays flat however
+large the tree is. A failure in the cutter or a worker (a missing chunk, a full disk) is
+raised in the caller's thread at its next ``write`` or at ``close``.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +32,14 @@ from cairn.errors import IntegrityError
 
 from .chunker import Buffer, StreamChunker
 from .reuse import ReusedChunk
+
+_BATCH_BYTES = 4 << 20  # bytes the caller gathers before handing a batch to the cutter
+_QUEUED_BATCHES = 4  # batches waiting for the cutter: how far the walk may run ahead
+_INFLIGHT_PER_WORKER = 8 << 20  # chunk bytes submitted and not yet in the index, per worker
+
+# A batch is a list of stream pieces (bytes), suggested boundaries (int stream offsets) and
+# runs of reused chunks (tuples), in stream order.
+_Item = bytes | int | tuple[ReusedChunk, ...]
 
 
 class IndexSink:
@@ -41,33 +60,37 @@ class IndexSink:
         self._index: DynamicIndexWriter = writer.dynamic_index(archive)
         self._chunker = StreamChunker()
         workers = workers or default_workers()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cairn-pxar")
-        self._max_inflight = workers * 2
-        self._pending: deque[Future[StoredChunk]] = deque()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cairn-chunk")
+        self._max_inflight = workers * _INFLIGHT_PER_WORKER
+        self._pending: deque[tuple[Future[StoredChunk], int]] = deque()
+        self._inflight = 0
         self.size = 0
+        # Caller's side: the batch being gathered.
+        self._batch: list[_Item] = []
+        self._batch_bytes = 0
+        self._queue: queue.Queue[list[_Item] | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
+        self._error: BaseException | None = None
+        self._stopping = False
+        self._closed = False
+        self._cutter = threading.Thread(target=self._cut_loop, name="cairn-cutter", daemon=True)
+        self._cutter.start()
+
+    # --- the caller's side ----------------------------------------------------------------
 
     def write(self, data: Buffer) -> None:
         """Accept the next bytes of the stream."""
-        for chunk in self._chunker.feed(data):
-            self._submit(chunk)
-
-    def _submit(self, chunk: memoryview) -> None:
-        chunks = self._writer.store.chunks
-        self._pending.append(self._pool.submit(self._codec.store, chunks, chunk))
-        while len(self._pending) >= self._max_inflight:
-            self._collect()
-
-    def _collect(self) -> None:
-        stored = self._pending.popleft().result()
-        self._index.add(stored.digest, stored.size)
-        self._writer.stats.record(stored)
-        self.size += stored.size
-        if self._progress is not None:
-            self._progress.advance(stored.size)
+        size = len(data) if isinstance(data, (bytes, bytearray)) else memoryview(data).nbytes
+        if not size:
+            return
+        # Callers may reuse their buffers; bytes objects are immutable and kept as they are.
+        self._batch.append(data if type(data) is bytes else bytes(data))
+        self._batch_bytes += size
+        if self._batch_bytes >= _BATCH_BYTES:
+            self._send_batch()
 
     def suggest_boundary(self, offset: int) -> None:
         """A file starts at stream ``offset``: prefer a chunk boundary there."""
-        self._chunker.suggest(offset)
+        self._batch.append(offset)
 
     def inject(self, chunks: Sequence[ReusedChunk]) -> None:
         """Cut the stream here and append already stored chunks as they are.
@@ -76,10 +99,109 @@ class IndexSink:
         hashed, the chunks are only checked to exist and touched (so garbage collection
         keeps them), like any chunk a backup reuses.
         """
-        for chunk in self._chunker.finish():
-            self._submit(chunk)
+        self._batch.append(tuple(chunks))
+        self._send_batch()
+
+    def _send_batch(self) -> None:
+        self._raise_failure()
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self._queue.put(batch)
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self.abort()
+            raise error
+
+    def close(self, crypt_mode: str) -> int:
+        """Store what is left, write the index and list it in the manifest; returns the size."""
+        if self._batch:
+            self._send_batch()
+        self._stop()
+        self._raise_failure()
+        self._writer.close_index(self.archive, self._index, crypt_mode)
+        return self.size
+
+    def abort(self) -> None:
+        """Stop the cutter and the workers after a failure (the writer discards the index)."""
+        self._stopping = True
+        self._batch = []
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._cutter.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # --- the cutter thread ----------------------------------------------------------------
+
+    def _cut_loop(self) -> None:
+        failed = False
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                break
+            if failed or self._stopping:
+                continue  # keep draining, so the caller never blocks on a full queue
+            try:
+                self._cut_batch(batch)
+            except BaseException as error:  # handed to the caller's thread
+                self._error = error
+                failed = True
+        if failed or self._stopping:
+            for future, _ in self._pending:
+                future.cancel()
+            return
+        try:
+            for chunk in self._chunker.finish():
+                self._submit(chunk)
+            self._drain()
+        except BaseException as error:
+            self._error = error
+
+    def _cut_batch(self, batch: list[_Item]) -> None:
+        chunker = self._chunker
+        for item in batch:
+            if type(item) is bytes:
+                for chunk in chunker.feed(item):
+                    self._submit(chunk)
+            elif type(item) is int:
+                chunker.suggest(item)
+            else:
+                self._append_reused(item)
+
+    def _submit(self, chunk: memoryview) -> None:
+        size = len(chunk)
+        future = self._pool.submit(self._codec.store, self._writer.store.chunks, chunk)
+        self._pending.append((future, size))
+        self._inflight += size
+        pending = self._pending
+        while pending and (self._inflight > self._max_inflight or pending[0][0].done()):
+            self._collect()
+
+    def _collect(self) -> None:
+        future, size = self._pending.popleft()
+        self._inflight -= size
+        self._add(future.result())
+
+    def _drain(self) -> None:
         while self._pending:
             self._collect()
+
+    def _add(self, stored: StoredChunk) -> None:
+        self._index.add(stored.digest, stored.size)
+        self._writer.stats.record(stored)
+        self.size += stored.size
+        if self._progress is not None:
+            self._progress.advance(stored.size)
+
+    def _append_reused(self, chunks: tuple[ReusedChunk, ...]) -> None:
+        for chunk in self._chunker.finish():
+            self._submit(chunk)
+        self._drain()
         chunk_store = self._writer.store.chunks
         self._chunker.skip(sum(chunk.size for chunk in chunks))
         for chunk in chunks:
@@ -88,31 +210,4 @@ class IndexSink:
                     f"chunk {chunk.digest.hex()} of the previous snapshot is missing; "
                     "back up with --change-detection-mode data"
                 )
-            stored = StoredChunk(chunk.digest, chunk.size, 0)
-            self._index.add(stored.digest, stored.size)
-            self._writer.stats.record(stored)
-            self.size += stored.size
-            if self._progress is not None:
-                self._progress.advance(stored.size)
-
-    def close(self, crypt_mode: str) -> int:
-        """Store what is left, write the index and list it in the manifest; returns the size."""
-        try:
-            for chunk in self._chunker.finish():
-                self._submit(chunk)
-            while self._pending:
-                self._collect()
-        finally:
-            self._shutdown()
-        self._writer.close_index(self.archive, self._index, crypt_mode)
-        return self.size
-
-    def abort(self) -> None:
-        """Stop the workers after a failure (the writer discards the index file)."""
-        for future in self._pending:
-            future.cancel()
-        self._pending.clear()
-        self._shutdown()
-
-    def _shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            self._add(StoredChunk(chunk.digest, chunk.size, 0))
