@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import zstandard
 
 from cairn.client.pipeline import default_workers
-from cairn.format.blob import ZSTD_LEVEL, decode_blob, encode_blob
+from cairn.format.blob import decode_blob, encode_blob, zstd_compress
 from cairn.format.crypt import CryptConfig
 
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -106,7 +106,7 @@ def rate(step: Callable[[], int], seconds: float, threads: int = 1) -> float:
 
 def _steps(data: bytes) -> dict[str, Callable[[], int]]:
     size = len(data)
-    compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+    compressed = zstd_compress(data)
     cipher = CryptConfig(hashlib.sha256(b"cairn benchmark key").digest())
     chunk = encode_blob(data)  # a stored chunk as backup writes it (compressed, CRC)
     digest = hashlib.sha256(data).digest()
@@ -116,7 +116,7 @@ def _steps(data: bytes) -> dict[str, Callable[[], int]]:
         return size
 
     def compress() -> int:
-        zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+        zstd_compress(data)
         return size
 
     def decompress() -> int:
