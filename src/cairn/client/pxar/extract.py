@@ -40,6 +40,7 @@ _ZERO_BLOCK = bytes(_SPARSE_BLOCK)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FAILED: Any = object()  # what _create returns when nothing was made
 _PATH_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -185,19 +186,19 @@ class Extractor:
         parent = self._parent(name)
         if parent is None:
             return
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = self._create(parent, name, path, lambda: os.open(name, flags, 0o600, dir_fd=parent))
+        fd = self._create(parent, name, path, lambda: os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent))
         if fd is _FAILED:
             return
         try:
             written = _write_sparse(fd, contents)
             if written != size:
                 raise UsageError(f"{show(path)}: archive gave {written} bytes for a {size}-byte file")
-            os.ftruncate(fd, size)
             st = os.fstat(fd)
+            if st.st_size != size:  # it ends in a hole
+                os.ftruncate(fd, size)
             key = path.strip(b"/")
             self._files[key] = (key, st.st_dev, st.st_ino)
-            self._apply(metadata, path, fd=fd)
+            self._apply(metadata, path, fd=fd, owner=(st.st_uid, st.st_gid))
         finally:
             os.close(fd)
         self.files += 1
@@ -295,7 +296,8 @@ class Extractor:
 
     def _parent(self, name: bytes) -> int | None:
         _check_name(name)
-        return self._materialize()
+        fd = self._stack[-1].fd
+        return fd if fd is not None else self._materialize()
 
     def _create(self, parent: int, name: bytes, path: bytes, make: Callable[[], Any]) -> Any:
         """Run ``make``; on EEXIST replace a non-directory if allowed. ``_FAILED`` if not made."""
@@ -331,18 +333,25 @@ class Extractor:
         name: bytes | None = None,
         proc: str | None = None,
         symlink: bool = False,
+        owner: tuple[int, int] | None = None,
     ) -> None:
-        """Ownership, xattrs, capabilities, ACLs, mode, then mtime, through ``fd`` or by name."""
+        """Ownership, xattrs, capabilities, ACLs, mode, then mtime, through ``fd`` or by name.
+
+        ``owner`` is the (uid, gid) of a file this restore has just made. When it already is
+        the archive's, chown is skipped: it would change nothing, as such a file has no
+        set-id bits or capabilities yet for chown to clear.
+        """
         problems = self.problems
         handle: int | str | None = fd if fd is not None else proc
 
-        try:
-            if fd is not None:
-                os.fchown(fd, metadata.uid, metadata.gid)
-            else:
-                os.chown(name, metadata.uid, metadata.gid, dir_fd=parent, follow_symlinks=False)
-        except OSError as err:
-            problems.metadata_failed("ownership", path, err)
+        if owner != (metadata.uid, metadata.gid):
+            try:
+                if fd is not None:
+                    os.fchown(fd, metadata.uid, metadata.gid)
+                else:
+                    os.chown(name, metadata.uid, metadata.gid, dir_fd=parent, follow_symlinks=False)
+            except OSError as err:
+                problems.metadata_failed("ownership", path, err)
 
         if handle is not None and not symlink:
             for xname, value in metadata.xattrs:
@@ -397,15 +406,22 @@ def _check_name(name: bytes) -> None:
 
 
 def _write_sparse(fd: int, contents: Iterable[bytes]) -> int:
-    """Write ``contents`` at increasing offsets, skipping all-zero blocks (left as holes)."""
+    """Write ``contents`` at increasing offsets, skipping all-zero blocks (left as holes).
+
+    The blocks between two zero blocks go out in one ``pwrite``.
+    """
     pos = 0
     for piece in contents:
         view = memoryview(piece)
+        run = 0  # start of the data not yet written
         for start in range(0, len(view), _SPARSE_BLOCK):
-            block = view[start : start + _SPARSE_BLOCK]
-            zeros = _ZERO_BLOCK if len(block) == _SPARSE_BLOCK else bytes(len(block))
-            if block.tobytes() != zeros:  # bytes compare with memcmp; memoryviews do not
-                _pwrite_all(fd, block, pos + start)
+            # startswith compares with memcmp and takes the view as it is (no copy).
+            if _ZERO_BLOCK.startswith(view[start : start + _SPARSE_BLOCK]):
+                if run < start:
+                    _pwrite_all(fd, view[run:start], pos + run)
+                run = start + _SPARSE_BLOCK
+        if run < len(view):
+            _pwrite_all(fd, view[run:], pos + run)
         pos += len(view)
     return pos
 
