@@ -98,18 +98,27 @@ class ChunkReader:
 
 
 class StreamReader:
-    """A ``read(n)`` file-like view of an iterator of byte blocks."""
+    """A ``read(n)`` file-like view of an iterator of byte blocks.
+
+    A read never spans two blocks. One that asks for a whole block gets the block itself,
+    not a copy: a large file's contents travel from the chunk decoder to the file without
+    being copied again.
+    """
 
     def __init__(self, blocks: Iterator[bytes]) -> None:
         self._blocks = blocks
-        self._current = memoryview(b"")
+        self._block = b""
+        self._pos = 0
 
     def read(self, size: int) -> bytes:
-        if not self._current:
-            block = next(self._blocks, None)
-            if block is None:
+        block = self._block
+        if self._pos == len(block):
+            block = next(self._blocks, b"")
+            if not block:
                 return b""
-            self._current = memoryview(block)
-        data = self._current[:size]
-        self._current = self._current[size:]
-        return bytes(data)
+            self._block, self._pos = block, 0
+        start = self._pos
+        self._pos = end = min(start + size, len(block))
+        if start == 0 and end == len(block):
+            return block
+        return block[start:end]

@@ -21,12 +21,14 @@ from cairn.client.chunks import ChunkCodec
 from cairn.datastore.datastore import Datastore
 from cairn.datastore.names import Namespace, SnapshotName
 from cairn.errors import CairnError, IntegrityError, UsageError
+from cairn.format.blob import MAX_BLOB_SIZE
 from cairn.format.catalog import CatalogReader, EntryType
 from cairn.format.manifest import FileInfo, Manifest
 from cairn.format.pxar import Accessor, Decoder, Entry, EntryKind, Metadata
 
 from .exclude import MatchEntry, MatchType, match, parse_pattern
 from .extract import Extractor, Problems
+from .extract_thread import ExtractThread
 from .reader import ChunkReader, StreamReader
 from .tree_backup import CATALOG_ARCHIVE
 from .util import raise_fd_limit, stderr_warning
@@ -152,16 +154,12 @@ def extract_archive(
     problems = Problems(warn)
     extractor = Extractor(target, overwrite, problems)
     try:
-        if not matchers:
-            root = _extract_stream(reader, extractor, matchers, payload)
-            extractor.finish(root)
-        elif catalog is not None:
+        if matchers and catalog is not None:
             plan = _plan_from_catalog(catalog[0], archive_name, matchers)
             _extract_plan(Accessor(reader.read_at, reader.size), plan, extractor)
             extractor.finish(None)
         else:
             _extract_stream(reader, extractor, matchers, payload)
-            extractor.finish(None)
     except BaseException:
         extractor.close()
         raise
@@ -190,8 +188,28 @@ def _prepare_target(target: str) -> None:
 
 def _extract_stream(
     reader: ChunkReader, extractor: Extractor, matchers: Sequence[MatchEntry], payload: ChunkReader | None = None
+) -> None:
+    """One pass through the archive (and its payload stream), extracting on a thread of its own.
+
+    The archive root's metadata goes to the target only when the whole archive is restored.
+    """
+    sink = ExtractThread(extractor)
+    try:
+        root = _walk_stream(reader, sink, matchers, payload)
+        sink.finish(None if matchers else root)
+    except BaseException:
+        sink.abort()
+        raise
+
+
+def _walk_stream(
+    reader: ChunkReader, extractor: ExtractThread, matchers: Sequence[MatchEntry], payload: ChunkReader | None
 ) -> Metadata | None:
-    """One pass through the archive (and its payload stream); returns the root's metadata."""
+    """Hand every selected entry to ``extractor`` in archive order; returns the root's metadata.
+
+    Contents are read in pieces as large as a chunk, so that a large file's pieces are the
+    decoded chunks themselves (see ``StreamReader``), not copies.
+    """
     payload_read = StreamReader(payload.stream()).read if payload is not None else None
     decoder = Decoder(StreamReader(reader.stream()).read, payload_read)
     # Per open directory: [bound PathNode or None, its entry's parent node, its name, the
@@ -218,8 +236,8 @@ def _extract_stream(
             frames.append([None, entry.parent, entry.name, current])
             current = selected
             continue
-        if selected and not extractor.skip_current():
-            _extract_entry(extractor, entry, lambda: decoder.iter_content())
+        if selected:
+            _extract_entry(extractor, entry, lambda: decoder.iter_content(MAX_BLOB_SIZE))
     return root
 
 
@@ -233,7 +251,7 @@ def _inside(frame: list, parent) -> bool:
     return False
 
 
-def _extract_entry(extractor: Extractor, entry: Entry, contents, hardlink_fallback=None) -> None:
+def _extract_entry(extractor: Extractor | ExtractThread, entry: Entry, contents, hardlink_fallback=None) -> None:
     metadata = entry.metadata
     kind = entry.kind
     if kind is EntryKind.FILE:
