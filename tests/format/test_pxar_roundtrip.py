@@ -31,7 +31,7 @@ from cairn.format.pxar import (
     accessor,
 )
 from cairn.format.pxar import constants as c
-from cairn.format.pxar.items import encode_metadata
+from cairn.format.pxar.items import encode_metadata, encode_stat
 
 U64 = st.integers(0, 2**64 - 1)
 U32 = st.integers(0, 2**32 - 1)
@@ -327,6 +327,20 @@ def test_listing_agrees_with_lookup(tree, split, window):
             }
             assert listing.files == expected_files
             assert listing.lookup(b"/\xff-not-there") is None
+
+
+@FAST
+@given(U64, U64, U32, U32, st.integers(-(2**70), 2**70))
+def test_stat_alone_encodes_like_attribute_free_metadata(mode, flags, uid, gid, mtime_ns):
+    md = Metadata(mode=mode, flags=flags, uid=uid, gid=gid, mtime_ns=mtime_ns)
+    try:
+        expected = encode_metadata(md)
+    except FormatError as err:
+        with pytest.raises(FormatError, match="out of range"):
+            encode_stat(mode, flags, uid, gid, mtime_ns)
+        assert "out of range" in str(err)
+    else:
+        assert encode_stat(mode, flags, uid, gid, mtime_ns) == expected
 
 
 def test_listing_refuses_overlapping_records_and_repeated_names():

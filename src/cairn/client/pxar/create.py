@@ -35,7 +35,7 @@ from cairn.format.pxar import (
     Metadata,
 )
 from cairn.format.pxar.encoder import WriteFn
-from cairn.format.pxar.items import encode_metadata
+from cairn.format.pxar.items import encode_metadata, encode_stat
 
 from . import posix_acl
 from .exclude import MatchEntry, MatchType, match, parse_pattern, parse_pxarexclude
@@ -300,14 +300,14 @@ class Archiver:
             if not stat.S_ISREG(st.st_mode):
                 self._changed(path)
                 return
-            key = (st.st_dev, st.st_ino)
-            self.stats.entries += 1
-            if st.st_nlink > 1 and key in self._links:
-                target, offset = self._links[key]
+            stats = self.stats
+            stats.entries += 1
+            if st.st_nlink > 1 and (st.st_dev, st.st_ino) in self._links:
+                target, offset = self._links[(st.st_dev, st.st_ino)]
                 self._emit(lambda: self._write_hardlink(name, target, offset))
                 return
-            metadata = self._metadata(st, fd)
-            self.stats.file_bytes += st.st_size
+            xattrs = self._xattr_names(fd)
+            stats.file_bytes += st.st_size
             reuser = self._reuser
             if reuser is not None:
                 if reuser.full:
@@ -316,14 +316,17 @@ class Archiver:
                 # (and its offset known) before any later name links to it.
                 span = None
                 if st.st_nlink == 1 and parent.previous is not None:
-                    items = encode_metadata(metadata)
+                    if xattrs:
+                        items = encode_metadata(self._metadata(st, fd, xattrs))
+                    else:
+                        items = encode_stat(st.st_mode, 0, st.st_uid, st.st_gid, st.st_mtime_ns)
                     span = reuser.reusable_range(parent.previous, name, items, st.st_size)
                 if span is not None:
                     reuser.add_file(span, _HeldFile(self, fd, name, path, st, items))
                     held = True
                     return
                 reuser.flush()
-            self._write_file(fd, name, path, st, metadata)
+            self._write_file(fd, name, path, st, self._metadata(st, fd, xattrs))
         finally:
             if not held:
                 os.close(fd)
@@ -508,24 +511,21 @@ class Archiver:
 
     # --- metadata -------------------------------------------------------------------------
 
-    def _metadata(self, st: os.stat_result, handle: int | str | None) -> Metadata:
+    def _metadata(
+        self, st: os.stat_result, handle: int | str | None, xattrs: list[str] | None = None
+    ) -> Metadata:
         """Stat fields plus xattrs, ACLs and capabilities read through ``handle``.
 
         ``handle`` is an open fd, a ``/proc/self/fd`` path for files opened with O_PATH, or
-        None for symlinks (whose xattrs PBS does not archive either).
+        None for symlinks (whose xattrs PBS does not archive either). ``xattrs`` are the
+        names ``_xattr_names`` listed already, if it was called.
         """
         metadata = Metadata(
             mode=st.st_mode, uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns
         )
         if handle is None:
             return metadata
-        try:
-            names = os.listxattr(handle)
-        except OSError as err:
-            if err.errno not in (errno.ENOTSUP, errno.EBADF, errno.ENODATA):
-                self._warn(f"cannot list extended attributes: {err.strerror}")
-            return metadata
-        for name in names:
+        for name in self._xattr_names(handle) if xattrs is None else xattrs:
             if name == FCAPS_XATTR:
                 metadata.fcaps = _getxattr(handle, name)
             elif name == posix_acl.ACCESS_XATTR:
@@ -541,6 +541,15 @@ class Archiver:
                 if value is not None:
                     metadata.xattrs.append((name.encode("utf-8", "surrogateescape"), value))
         return metadata
+
+    def _xattr_names(self, handle: int | str) -> list[str]:
+        """The names of the file's extended attributes (none where it has no support)."""
+        try:
+            return os.listxattr(handle)
+        except OSError as err:
+            if err.errno not in (errno.ENOTSUP, errno.EBADF, errno.ENODATA):
+                self._warn(f"cannot list extended attributes: {err.strerror}")
+            return []
 
     # --- opening and reporting ------------------------------------------------------------
 

@@ -111,6 +111,7 @@ class PayloadReuser:
         max_cached: int = DEFAULT_MAX_CACHED,
     ) -> None:
         self._index = payload_index
+        self._payload_size = payload_index.size
         self._inject_chunks = inject
         self._max_cached = max(1, max_cached)
         self.encoder = None  # cairn.format.pxar.Encoder, set by the Archiver
@@ -139,7 +140,7 @@ class PayloadReuser:
             return None
         start = stored.payload_offset
         end = start + HEADER_SIZE + size
-        if end > self._index.size:
+        if end > self._payload_size:
             return None
         return start, end
 
@@ -222,17 +223,18 @@ class PayloadReuser:
         _close_files(held)
 
     def _run(self, held: list[_Held], base: int | None) -> None:
+        stats = self.stats
         for entry in held:
             if entry.run is not None:
                 entry.run()
             elif base is None:
                 assert entry.file is not None
-                self.stats.files_reencoded += 1
+                stats.files_reencoded += 1
                 entry.file.reencode()
             else:
                 assert entry.file is not None
-                self.stats.files_reused += 1
-                self.stats.reused_payload_bytes += entry.size
+                stats.files_reused += 1
+                stats.reused_payload_bytes += entry.size
                 entry.file.reuse(base + entry.offset)
 
     def _inject_kept(self) -> None:
