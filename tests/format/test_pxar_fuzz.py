@@ -128,6 +128,10 @@ def run_accessor(meta: bytes, payload: bytes | None) -> None:
             assert isinstance(name, bytes) and stored.size >= 0
         for entry in directory.entries():
             listing.lookup(entry.name)
+            opened = listing.open_directory(entry.name)
+            if opened is not None:
+                opened.entry()
+                opened.listing()
             visited += 1
             assert visited < 10_000
             if entry.kind is EntryKind.DIRECTORY:

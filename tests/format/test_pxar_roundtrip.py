@@ -321,12 +321,24 @@ def test_listing_agrees_with_lookup(tree, split, window):
             listing = directory.listing()
             assert len(listing) == len(names)
             for name in names:
-                assert listing.lookup(name) == directory.lookup(name)
+                entry = directory.lookup(name)
+                assert listing.lookup(name) == entry
+                opened = listing.open_directory(name)
+                if entry.kind is EntryKind.DIRECTORY:
+                    assert (opened.path, opened.start, opened.end) == (
+                        entry.path,
+                        entry.entry_offset,
+                        entry.end_offset,
+                    )
+                    assert opened.entry().metadata == entry.metadata
+                else:
+                    assert opened is None
             expected_files = {
                 name: stored[join(path, name)] for name in names if join(path, name) in stored
             }
             assert listing.files == expected_files
             assert listing.lookup(b"/\xff-not-there") is None
+            assert listing.open_directory(b"/\xff-not-there") is None
 
 
 @FAST

@@ -30,7 +30,6 @@ from cairn.format.pxar import (
     Accessor,
     Directory,
     Encoder,
-    EntryKind,
     Listing,
     Metadata,
 )
@@ -445,15 +444,7 @@ class Archiver:
         """The subdirectory ``name`` of ``previous`` in the reference archive, if any."""
         if previous is None:
             return None
-        try:
-            entry = previous.lookup(name)
-        except FormatError:
-            return None
-        if entry is None or entry.kind is not EntryKind.DIRECTORY:
-            return None
-        accessor = self._previous
-        assert accessor is not None
-        return _listing(lambda: accessor.open_directory(entry))
+        return _listing(lambda: previous.open_directory(name))
 
     def _add_symlink(self, dir_fd: int, name: bytes, path: bytes) -> None:
         try:
@@ -616,10 +607,11 @@ class _HeldFile:
         archiver._write_file(self.fd, self._name, self._path, self._st, metadata)
 
 
-def _listing(open_directory: Callable[[], Directory]) -> Listing | None:
+def _listing(open_directory: Callable[[], Directory | None]) -> Listing | None:
     """A reference directory's listing; a damaged one just means no reference here."""
     try:
-        return open_directory().listing()
+        directory = open_directory()
+        return directory.listing() if directory is not None else None
     except FormatError:
         return None
 

@@ -35,6 +35,8 @@ from .constants import (
     PXAR_PAYLOAD,
     PXAR_PAYLOAD_REF,
     PXAR_PRELUDE,
+    S_IFDIR,
+    S_IFMT,
     STAT_SIZE,
 )
 from .entry import Entry, EntryKind, PathNode
@@ -57,7 +59,7 @@ _SCAN_WINDOW = 1 << 16  # bytes of neighbouring children a listing fetches at on
 _ENTRY_FULL_SIZE = HEADER_SIZE + STAT_SIZE
 _PAYLOAD_REF_FULL_SIZE = HEADER_SIZE + 16
 _FILENAME_MAX = HEADER_SIZE + MAX_FILENAME_LEN + 1
-_FILE_ITEMS = struct.Struct(f"<QQ{STAT_SIZE}xQQQQ")  # ENTRY header, stat, PAYLOAD_REF
+_FILE_ITEMS = struct.Struct(f"<QQQ{STAT_SIZE - 8}xQQQQ")  # ENTRY header, mode, PAYLOAD_REF
 
 
 class StoredFile(NamedTuple):
@@ -305,7 +307,9 @@ class Directory:
     def listing(self) -> "Listing":
         """Every child by name, read in one pass over the directory (see ``Listing``)."""
         goodbye_offset = self.goodbye_offset
-        offsets = [goodbye_offset - back for back in self._backs()]
+        records = self._records()
+        offsets = [goodbye_offset - back for back in records[1::3]]
+        sizes = records[2::3]
         order = sorted(range(len(offsets)), key=offsets.__getitem__)
         bounds = [offsets[slot] for slot in order]
         bounds.append(goodbye_offset)
@@ -319,33 +323,30 @@ class Directory:
                 )
             previous = offset
         split = self._accessor.format_version >= FORMAT_VERSION_2
-        files: dict[bytes, StoredFile] = {}
-        slots: dict[bytes, int] = {}
+        listing = Listing(self)
         count = len(order)
         first = 0
         while first < count:
             base = bounds[first]
             last = bisect_right(bounds, base + _SCAN_WINDOW, first + 1) - 1
             if last == first:
-                name, stored = self._scan_large_child(order[first], bounds[first + 1], split)
-                slots[name] = order[first]
-                if stored is not None:
-                    files[name] = stored
+                slot = order[first]
+                name, found = self._scan_large_child(slot, bounds[first + 1], split)
+                listing._add(name, slot, found, bounds[first] + sizes[slot])
                 first += 1
                 continue
             window = fetch(self._read_at, base, bounds[last] - base)
             start = 0
             for k in range(first, last):
                 end = bounds[k + 1] - base
-                name, stored = _scan_child(window, start, end, base + start, split)
-                slots[name] = order[k]
-                if stored is not None:
-                    files[name] = stored
+                name, found = _scan_child(window, start, end, base + start, split)
+                slot = order[k]
+                listing._add(name, slot, found, bounds[k] + sizes[slot])
                 start = end
             first = last
-        if len(slots) != count:
+        if len(listing) != count:
             raise fail(goodbye_offset, PXAR_GOODBYE, "two children have the same name")
-        return Listing(self, files, slots)
+        return listing
 
     def entries(self) -> Iterator[Entry]:
         """All children in archive order (which is name order for well-formed archives)."""
@@ -380,18 +381,22 @@ class Directory:
             )
         return unpack_item(data, index * GOODBYE_ITEM_SIZE)
 
-    def _scan_large_child(self, slot: int, end: int, split: bool) -> tuple[bytes, StoredFile | None]:
+    def _scan_large_child(
+        self, slot: int, end: int, split: bool
+    ) -> tuple[bytes, StoredFile | int | None]:
         """``_scan_child`` for a child spanning more than a scan window: a directory with
         its contents is not fetched whole, a file with large attributes is."""
         entry = self._decode_child(*self._open_child(slot))
+        if entry.kind is EntryKind.DIRECTORY:
+            return entry.name, entry.entry_offset
         if entry.kind is not EntryKind.FILE or entry.payload_offset is None:
             return entry.name, None
         assert entry.file_offset is not None
         data = fetch(self._read_at, entry.file_offset, end - entry.file_offset)
         return _scan_child(data, 0, len(data), entry.file_offset, split)
 
-    def _backs(self) -> array:
-        """Every child's offset back from the GOODBYE item, in table order."""
+    def _records(self) -> array:
+        """Every child's goodbye record (hash, offset back, size), flat in table order."""
         table = self._table
         if table is None:
             size = self._count * GOODBYE_ITEM_SIZE
@@ -399,7 +404,7 @@ class Directory:
         items = array("Q", table)
         if sys.byteorder == "big":
             items.byteswap()
-        return items[1::3]
+        return items
 
     def _hash_at(self, slot: int) -> int:
         return self._item(slot)[0]
@@ -482,12 +487,11 @@ class Listing:
     full) when ``lookup`` asks for it.
     """
 
-    def __init__(
-        self, directory: Directory, files: dict[bytes, StoredFile], slots: dict[bytes, int]
-    ) -> None:
+    def __init__(self, directory: Directory) -> None:
         self.directory = directory
-        self.files = files
-        self._slots = slots
+        self.files: dict[bytes, StoredFile] = {}
+        self._slots: dict[bytes, int] = {}
+        self._directories: dict[bytes, tuple[int, int]] = {}  # ENTRY offset, end
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -500,12 +504,35 @@ class Listing:
         directory = self.directory
         return directory._decode_child(*directory._open_child(slot))
 
+    def open_directory(self, name: bytes) -> Directory | None:
+        """The subdirectory called ``name``; None if there is no such child or it is not
+        a directory. Directories the pass recognised open without decoding their entry."""
+        found = self._directories.get(name)
+        if found is None:
+            entry = self.lookup(name)
+            if entry is None or entry.kind is not EntryKind.DIRECTORY:
+                return None
+            return self.directory._accessor.open_directory(entry)
+        start, end = found
+        parent = self.directory
+        if end > parent.goodbye_offset:
+            raise fail(start, PXAR_ENTRY, "directory extends past its parent's goodbye table")
+        return Directory(parent._accessor, PathNode(parent._node, name), start, end, None)
+
+    def _add(self, name: bytes, slot: int, found: StoredFile | int | None, end: int) -> None:
+        self._slots[name] = slot
+        if type(found) is StoredFile:
+            self.files[name] = found
+        elif found is not None:
+            self._directories[name] = (found, end)
+
 
 def _scan_child(
     data: bytes, pos: int, end: int, at: int, split: bool
-) -> tuple[bytes, StoredFile | None]:
+) -> tuple[bytes, StoredFile | int | None]:
     """The name of the child at ``data[pos:end]`` (archive offset ``at``), and the child
-    itself if it is a regular file with metadata items and a PAYLOAD_REF, nothing else."""
+    itself if it is a regular file with metadata items and a PAYLOAD_REF, or the offset of
+    its ENTRY if it is a directory; None for anything else."""
     if end - pos < HEADER_SIZE:
         raise fail(at, None, "goodbye record points at a child too small for a FILENAME")
     htype, full_size = HEADER.unpack_from(data, pos)
@@ -516,7 +543,7 @@ def _scan_child(
     items = pos + full_size
     if not split or end - items < _ENTRY_FULL_SIZE + _PAYLOAD_REF_FULL_SIZE:
         return name, None
-    entry, entry_size, ref, ref_size, offset, size = _FILE_ITEMS.unpack_from(data, items)
+    entry, entry_size, mode, ref, ref_size, offset, size = _FILE_ITEMS.unpack_from(data, items)
     if entry != PXAR_ENTRY or entry_size != _ENTRY_FULL_SIZE:
         return name, None
     item = items + _ENTRY_FULL_SIZE
@@ -529,6 +556,8 @@ def _scan_child(
                 return name, None
             offset, size = _PAIR.unpack_from(data, item + HEADER_SIZE)
             return name, StoredFile(data[items:item], offset, size)
+        if htype in (PXAR_FILENAME, PXAR_GOODBYE) and mode & S_IFMT == S_IFDIR:
+            return name, at + items - pos
         if htype not in ATTRIBUTE_ITEMS or full_size < HEADER_SIZE:
             return name, None
         item += full_size
