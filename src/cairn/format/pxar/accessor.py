@@ -483,7 +483,8 @@ class Listing:
     A walk that compares a whole tree against an archive (metadata change detection) asks
     for every name in turn; one pass costs far less than a hash search and a few reads per
     name. Regular files that reference the payload stream, the entries such a walk reuses,
-    are decoded during the pass into ``files``; any other child is decoded (and checked in
+    are decoded during the pass into ``files``, and subdirectories are recognised so that
+    ``open_directory`` needs no further read; any other child is decoded (and checked in
     full) when ``lookup`` asks for it.
     """
 
