@@ -107,24 +107,14 @@ def encode_goodbye(
     Equal hashes are ordered by offset so the output is deterministic.
     """
     count = len(children) // 3
-    hashes = children[0::3]
-    offsets = children[1::3]
-    sizes = children[2::3]
-    ranked = sorted(range(count), key=lambda i: (hashes[i], offsets[i]))
+    # Offsets are unique, so sorting the triples orders equal hashes by offset.
+    ranked = sorted(zip(children[0::3], children[1::3], children[2::3]))
     full_size = HEADER_SIZE + GOODBYE_ITEM_SIZE * (count + 1)
-    table = array("Q", bytes(8 * (2 + 3 * (count + 1))))
-    table[0] = PXAR_GOODBYE
-    table[1] = full_size
-    for slot, rank in enumerate(bst_permutation(count)):
-        child = ranked[rank]
-        base = 2 + 3 * slot
-        table[base] = hashes[child]
-        table[base + 1] = goodbye_offset - offsets[child]
-        table[base + 2] = sizes[child]
-    base = 2 + 3 * count
-    table[base] = PXAR_GOODBYE_TAIL_MARKER
-    table[base + 1] = goodbye_offset - directory_offset
-    table[base + 2] = full_size
+    table = array("Q", (PXAR_GOODBYE, full_size))
+    for rank in bst_permutation(count):
+        name_hash, offset, size = ranked[rank]
+        table.extend((name_hash, goodbye_offset - offset, size))
+    table.extend((PXAR_GOODBYE_TAIL_MARKER, goodbye_offset - directory_offset, full_size))
     if sys.byteorder == "big":
         table.byteswap()
     return table.tobytes()
