@@ -603,7 +603,7 @@ class _HeldFile:
 
     def reencode(self) -> None:
         archiver = self._archiver
-        metadata = archiver._metadata(self._st, self.fd)
+        metadata = archiver._metadata(self._st, self.fd)  # read again: only items were kept
         archiver._write_file(self.fd, self._name, self._path, self._st, metadata)
 
 
