@@ -35,6 +35,15 @@ def data() -> bytes:
     return rng.randbytes(60 * MIB) + bytes(20 * MIB) + rng.randbytes(3 * MIB + 17)
 
 
+def taken(chunker: StreamChunker, chunks) -> list[bytes]:
+    """Copy the chunks out and give their memory back, as the sink does once they are stored."""
+    out = []
+    for chunk in chunks:
+        out.append(bytes(chunk))
+        chunker.release(chunk)
+    return out
+
+
 def cut_streaming(data: bytes, piece_sizes) -> list[bytes]:
     chunker = StreamChunker()
     out, pos = [], 0
@@ -42,10 +51,10 @@ def cut_streaming(data: bytes, piece_sizes) -> list[bytes]:
     for size in piece_sizes:
         if pos >= len(data):
             break
-        out += [bytes(c) for c in chunker.feed(view[pos : pos + size])]
+        out += taken(chunker, chunker.feed(view[pos : pos + size]))
         pos += size
-    out += [bytes(c) for c in chunker.feed(view[pos:])]
-    out += [bytes(c) for c in chunker.finish()]
+    out += taken(chunker, chunker.feed(view[pos:]))
+    out += taken(chunker, chunker.finish())
     return out
 
 
@@ -63,6 +72,34 @@ def test_streaming_cuts_equal_one_pass_over_the_whole_stream(data):
 def test_small_streams_make_one_chunk_and_empty_ones_none():
     assert cut_streaming(b"tiny", [2]) == [b"tiny"]
     assert cut_streaming(b"", []) == []
+
+
+def test_a_long_stream_reuses_a_few_segments(data):
+    """Chunks are views into a fixed set of buffers, whatever the stream's length."""
+    chunker = StreamChunker()
+    buffers = set()
+    for _ in range(4):
+        for piece in range(0, len(data), 4 * MIB):
+            for chunk in chunker.feed(memoryview(data)[piece : piece + 4 * MIB]):
+                buffers.add(id(chunk.obj))
+                chunker.release(chunk)
+    assert len(buffers) <= 3
+
+
+def test_unreleased_chunks_make_the_chunker_wait(data):
+    waits = []
+    held = []
+
+    def wait():
+        waits.append(len(held))
+        chunker.release(held.pop(0))
+
+    chunker = StreamChunker(wait=wait)
+    for piece in range(0, len(data), 4 * MIB):
+        held += chunker.feed(memoryview(data)[piece : piece + 4 * MIB])
+    held += chunker.finish()
+    assert waits  # the chunker ran out of free memory and asked for chunks back
+    assert b"".join(map(bytes, held)) == data[-sum(len(c) for c in held) :]
 
 
 # --- match patterns ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import traceback
 import click
 
 from cairn import __version__
+from cairn.client import allocator
 from cairn.errors import CairnError
 
 #: name -> (module in cairn.cli, attribute, first paragraph of its help). ``cairn --help``
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     # Rarer collections, plus gc.freeze() once the command is imported, give nearly the gain
     # of switching the GC off while still collecting cycles.
     gc.set_threshold(10_000, 50, 100)
+    allocator.tune()  # before any thread exists (a backup starts unlocking its key on one)
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="cairn", standalone_mode=False)

@@ -7,10 +7,17 @@ writing are all done by C code that releases the GIL.
 from __future__ import annotations
 
 import hashlib
+import mmap
+import threading
 from dataclasses import dataclass
 
 from cairn.datastore.chunk_store import ChunkStore
-from cairn.format.blob import Cipher, decode_blob, encode_blob
+from cairn.format.blob import Cipher, decode_blob, encode_blob_parts
+
+
+# Chunks up to this size are encrypted into a per-thread buffer. Larger ones are rare (and
+# mostly runs of zeros that compress to little); a buffer sized for them would stay resident.
+_SCRATCH_SIZE = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class ChunkCodec:
         self.cipher = cipher
         self._zero_digests: dict[int, bytes] = {}
         self._zero_block = b""  # the last all-zero block compared against
+        self._local = threading.local()  # each worker thread's ciphertext buffer
 
     def digest(self, data: bytes | memoryview) -> bytes:
         if self.cipher is not None:
@@ -59,9 +67,23 @@ class ChunkCodec:
         digest = self._zero_block_digest(data) or self.digest(data)
         if chunks.touch(digest):
             return StoredChunk(digest, len(data), 0)
-        raw = encode_blob(data, self.cipher)
-        written = len(raw) if chunks.insert(digest, raw) else 0
+        scratch = self._scratch() if len(data) <= _SCRATCH_SIZE else None
+        header, body = encode_blob_parts(data, self.cipher, scratch=scratch)
+        written = len(header) + len(body) if chunks.insert(digest, header, body) else 0
         return StoredChunk(digest, len(data), written)
+
+    def _scratch(self) -> mmap.mmap | None:
+        """This thread's buffer for ciphertexts, reused for every chunk it encrypts.
+
+        A fresh buffer of each chunk's size for every chunk fragments the heap: peak RSS grew
+        with the size of the backup.
+        """
+        if self.cipher is None:
+            return None
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = mmap.mmap(-1, _SCRATCH_SIZE + 64)
+        return scratch
 
     def load(self, chunks: ChunkStore, digest: bytes) -> bytes:
         """Read, check (CRC and digest) and decode one chunk."""

@@ -67,8 +67,9 @@ class ChunkStore:
             return False
         return True
 
-    def insert(self, digest: bytes, raw: bytes | memoryview) -> bool:
-        """Store an encoded chunk; True if a new file was written.
+    def insert(self, digest: bytes, *parts: bytes | memoryview) -> bool:
+        """Store an encoded chunk, given whole or as consecutive parts (header, body);
+        True if a new file was written.
 
         An existing chunk of the same size is kept and only touched; an existing empty or
         otherwise differing file (left by a crash or a bad disk) is replaced.
@@ -78,7 +79,7 @@ class ChunkStore:
             st = os.stat(path)
         except FileNotFoundError:
             st = None
-        if st is not None and st.st_size == len(raw):
+        if st is not None and st.st_size == sum(len(part) for part in parts):
             try:
                 os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
                 return False
@@ -86,7 +87,7 @@ class ChunkStore:
                 pass  # garbage collection moved it aside just now: write it again
         tmp = temp_name(path)
         try:
-            _write_new(tmp, raw)
+            _write_new(tmp, parts)
             os.rename(tmp, path)
         except FileNotFoundError:
             tmp.unlink(missing_ok=True)
@@ -147,13 +148,17 @@ def is_chunk_name(name: str) -> bool:
     return True
 
 
-def _write_new(path: Path, data: bytes | memoryview) -> None:
-    """Create ``path`` (it must not exist) holding ``data``, and start its writeback."""
+def _write_new(path: Path, parts: tuple[bytes | memoryview, ...]) -> None:
+    """Create ``path`` (it must not exist) holding ``parts``, and start its writeback."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        views = [memoryview(part).cast("B") for part in parts]
+        while views:
+            written = os.writev(fd, views)
+            while views and written >= len(views[0]):
+                written -= len(views.pop(0))
+            if views:
+                views[0] = views[0][written:]
         start_writeback(fd)
     finally:
         os.close(fd)

@@ -54,6 +54,8 @@ class Cipher(Protocol):
 
     def encrypt(self, data: bytes) -> tuple[bytes, bytes, bytes]: ...
 
+    def encrypt_into(self, data: bytes, out: bytearray | memoryview) -> tuple[bytes, bytes, int]: ...
+
     def decrypt(self, iv: bytes, tag: bytes, ciphertext: bytes) -> bytes: ...
 
     def compute_digest(self, data: bytes) -> bytes: ...
@@ -94,6 +96,21 @@ def encode_blob(
     data: bytes | memoryview, cipher: Cipher | None = None, compress: bool = True
 ) -> bytes:
     """Encode ``data`` as a DataBlob, compressed when that helps, encrypted with ``cipher``."""
+    return b"".join(encode_blob_parts(data, cipher, compress))
+
+
+def encode_blob_parts(
+    data: bytes | memoryview,
+    cipher: Cipher | None = None,
+    compress: bool = True,
+    scratch: bytearray | memoryview | None = None,
+) -> tuple[bytes, bytes | memoryview]:
+    """A blob's header and body, to be written one after the other (``writev``).
+
+    With a cipher and a ``scratch`` buffer (``len(data) + 15`` bytes or more), the
+    ciphertext is written into ``scratch`` and the body is a view of it; the caller must
+    use the body before reusing the buffer.
+    """
     if len(data) > MAX_BLOB_SIZE:
         raise FormatError(f"data blob too large ({len(data)} bytes, limit {MAX_BLOB_SIZE})")
     payload: bytes | memoryview = data
@@ -103,12 +120,16 @@ def encode_blob(
         if len(packed) < len(data):
             payload, compressed = packed, True
     if cipher is not None:
-        iv, tag, ciphertext = cipher.encrypt(bytes(payload))
+        body: bytes | memoryview
+        if scratch is None:
+            iv, tag, body = cipher.encrypt(payload)
+        else:
+            iv, tag, length = cipher.encrypt_into(payload, scratch)
+            body = memoryview(scratch)[:length]
         magic = ENCR_COMPR_BLOB_MAGIC if compressed else ENCRYPTED_BLOB_MAGIC
-        crc = zlib.crc32(ciphertext)
-        return b"".join((magic, struct.pack("<I", crc), iv, tag, ciphertext))
+        return b"".join((magic, struct.pack("<I", zlib.crc32(body)), iv, tag)), body
     magic = COMPRESSED_BLOB_MAGIC if compressed else UNCOMPRESSED_BLOB_MAGIC
-    return b"".join((magic, struct.pack("<I", zlib.crc32(payload)), payload))
+    return magic + struct.pack("<I", zlib.crc32(payload)), payload
 
 
 def blob_crc_ok(raw: bytes | memoryview) -> bool:

@@ -104,6 +104,18 @@ class CryptConfig:
         encryptor.finalize()
         return iv, encryptor.tag, ciphertext
 
+    def encrypt_into(self, data: bytes | memoryview, out: bytearray | memoryview) -> tuple[bytes, bytes, int]:
+        """``encrypt``, writing the ciphertext into ``out`` (``len(data) + 15`` bytes or more).
+
+        Returns ``(iv, tag, length)``. A chunk writer reuses one buffer per thread this way
+        instead of allocating a new one of the chunk's size for every chunk.
+        """
+        iv = os.urandom(IV_SIZE)
+        encryptor = Cipher(self._aes, modes.GCM(iv)).encryptor()
+        length = encryptor.update_into(data, out)
+        encryptor.finalize()
+        return iv, encryptor.tag, length
+
     def decrypt(self, iv: bytes, tag: bytes, ciphertext: bytes | memoryview) -> bytes:
         """Decrypt and authenticate; a wrong key or any altered byte raises IntegrityError."""
         if len(iv) != IV_SIZE or len(tag) != TAG_SIZE:

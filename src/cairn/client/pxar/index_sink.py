@@ -34,7 +34,7 @@ from .chunker import Buffer, StreamChunker
 from .reuse import ReusedChunk
 
 _BATCH_BYTES = 4 << 20  # bytes the caller gathers before handing a batch to the cutter
-_QUEUED_BATCHES = 4  # batches waiting for the cutter: how far the walk may run ahead
+_QUEUED_BATCHES = 2  # batches waiting for the cutter: how far the walk may run ahead
 _INFLIGHT_PER_WORKER = 8 << 20  # chunk bytes submitted and not yet in the index, per worker
 
 # A batch is a list of stream pieces (bytes), suggested boundaries (int stream offsets) and
@@ -58,11 +58,11 @@ class IndexSink:
         self._codec = codec
         self._progress = progress
         self._index: DynamicIndexWriter = writer.dynamic_index(archive)
-        self._chunker = StreamChunker()
+        self._chunker = StreamChunker(wait=self._collect)
         workers = workers or default_workers()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cairn-chunk")
         self._max_inflight = workers * _INFLIGHT_PER_WORKER
-        self._pending: deque[tuple[Future[StoredChunk], int]] = deque()
+        self._pending: deque[tuple[Future[StoredChunk], memoryview]] = deque()
         self._inflight = 0
         self.size = 0
         # Caller's side: the batch being gathered.
@@ -174,18 +174,19 @@ class IndexSink:
                 self._append_reused(item)
 
     def _submit(self, chunk: memoryview) -> None:
-        size = len(chunk)
         future = self._pool.submit(self._codec.store, self._writer.store.chunks, chunk)
-        self._pending.append((future, size))
-        self._inflight += size
+        self._pending.append((future, chunk))
+        self._inflight += len(chunk)
         pending = self._pending
         while pending and (self._inflight > self._max_inflight or pending[0][0].done()):
             self._collect()
 
     def _collect(self) -> None:
-        future, size = self._pending.popleft()
-        self._inflight -= size
-        self._add(future.result())
+        future, chunk = self._pending.popleft()
+        self._inflight -= len(chunk)
+        stored = future.result()
+        self._chunker.release(chunk)
+        self._add(stored)
 
     def _drain(self) -> None:
         while self._pending:
