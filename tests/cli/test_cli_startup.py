@@ -118,6 +118,23 @@ def test_wrong_passphrase_on_a_descriptor_is_one_line_and_writes_nothing(store_p
     assert not (store_path / "host" / "fdpass").exists()
 
 
+@pytest.mark.parametrize("kind", ["pxar", "img"])
+def test_wrong_passphrase_found_by_the_chunk_workers_is_one_line_and_writes_nothing(
+    store_path, keyfile, key_env, tmp_path, kind
+):
+    """A backup walks and cuts while the key is still unlocking; the first chunk digest
+    learns the passphrase was wrong, and the snapshot is discarded."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "data.bin").write_bytes(os.urandom(3 << 20))
+    spec = f"root.pxar:{tree}" if kind == "pxar" else f"disk.img:{tree / 'data.bin'}"
+    r = run_cairn("backup", spec, "--keyfile", str(keyfile), "--repository", str(store_path),
+                  "--backup-id", f"late-{kind}", env={**key_env, "CAIRN_ENCRYPTION_PASSWORD": "not it"},
+                  check=False)
+    assert_one_line_error(r, "wrong passphrase")
+    assert not (store_path / "host" / f"late-{kind}").exists()
+
+
 def test_wrong_key_is_reported_even_when_its_passphrase_is_wrong_too(store_path, keyfile, conf, key_env, tmp_path):
     run_cairn("backup", f"vm.conf:{conf}", "--keyfile", str(keyfile), "--repository", str(store_path),
               "--backup-id", "wrongkey", "--backup-time", "1000", env=key_env)

@@ -29,7 +29,7 @@ class BackupJob:
     ns: Namespace
     group: GroupName
     backup_time: int | None = None
-    cipher: CryptConfig | None = None  # the key when encrypting or signing
+    cipher: CryptConfig | None = None  # the key when encrypting or signing (or a DeferredCipher)
     crypt_mode: str = "none"  # none | encrypt | sign-only
     master_key_payload: bytes | None = None  # stored as rsa-encrypted.key.blob
     tree_options: TreeOptions = field(default_factory=TreeOptions)  # pxar: excludes, devices
@@ -67,10 +67,8 @@ def run_backup(store: Datastore, specs: list[BackupSpec], job: BackupJob) -> Bac
                     writer.add_blob(spec.archive, encode_blob(source, chunk_cipher), job.crypt_mode)
                 else:
                     if trees is None:
-                        keyed = job.cipher is not None and job.crypt_mode != "none"
-                        fingerprint = job.cipher.fingerprint_str() if keyed else None
                         trees = TreeBackup(
-                            writer, codec, job.crypt_mode, job.tree_options, fingerprint=fingerprint
+                            writer, codec, job.crypt_mode, job.tree_options, fingerprint=lambda: _fingerprint(job)
                         )
                     bytes_read += trees.add(spec.archive, source)
             if trees is not None:
@@ -94,6 +92,14 @@ def run_backup(store: Datastore, specs: list[BackupSpec], job: BackupJob) -> Bac
         writer.name, manifest, stats.chunks_new, stats.chunks_reused, stats.bytes_new, bytes_read,
         time.monotonic() - started, trees,
     )
+
+
+def _fingerprint(job: BackupJob) -> str | None:
+    """The fingerprint of the key encrypting or signing the backup (asked for only when needed:
+    the key may still be unlocking)."""
+    if job.cipher is None or job.crypt_mode == "none":
+        return None
+    return job.cipher.fingerprint_str()
 
 
 def _check_specs(specs: list[BackupSpec]) -> None:

@@ -148,6 +148,11 @@ class KeySource:
             self._unlocking = _Unlocking(self.config, passphrase)
             self._unlocking.start()
 
+    @property
+    def unlocking(self) -> bool:
+        """True while (or after) :meth:`unlock_in_background` derives the key on its thread."""
+        return self._unlocking is not None
+
     def unlock(self) -> CryptConfig:
         """The unlocked key, waiting for :meth:`unlock_in_background` if it was started."""
         if self._unlocking is not None:
@@ -175,10 +180,37 @@ def find_key(keyfile: str | None, keyfd: int | None, passphrase_fd: int | None =
     return None
 
 
+class DeferredCipher:
+    """The key of a :class:`KeySource` still unlocking on its thread, usable as the
+    :class:`CryptConfig` it becomes.
+
+    A backup hands this to its chunk workers and starts walking and cutting at once; the
+    first chunk digest waits for the unlock (~0.15 s of scrypt on the other core), and a
+    wrong passphrase is raised there, failing the backup before anything is kept.
+    """
+
+    def __init__(self, source: KeySource) -> None:
+        self._source = source
+        self._lock = threading.Lock()
+        self._cipher: CryptConfig | None = None
+
+    def resolve(self) -> CryptConfig:
+        cipher = self._cipher
+        if cipher is None:
+            with self._lock:
+                if self._cipher is None:
+                    self._cipher = self._source.unlock()
+                cipher = self._cipher
+        return cipher
+
+    def __getattr__(self, name: str):
+        return getattr(self.resolve(), name)
+
+
 @dataclass
 class BackupCrypto:
     mode: str  # none | encrypt | sign-only
-    cipher: CryptConfig | None
+    cipher: CryptConfig | DeferredCipher | None
     master_key_payload: bytes | None  # the key, RSA-encrypted for the master key
 
 
@@ -212,10 +244,13 @@ def backup_crypto(
     """How a backup is protected: the unlocked key of :func:`backup_key` and its master-key copy."""
     if source is None:
         return BackupCrypto("none", None, None)
-    cipher = source.unlock()
     master_path = Path(master_pubkey_file) if master_pubkey_file else default_master_pubkey_path()
+    wants_master = master_pubkey_file is not None or master_path.exists()
+    if source.unlocking and not wants_master:
+        return BackupCrypto(crypt_mode or "encrypt", DeferredCipher(source), None)
+    cipher = source.unlock()
     payload = None
-    if master_pubkey_file is not None or master_path.exists():
+    if wants_master:
         from cairn.format.rsa_key import rsa_encrypt_key_config  # RSA costs imports; few backups need it
 
         try:

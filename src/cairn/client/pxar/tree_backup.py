@@ -43,7 +43,7 @@ class TreeBackup:
         crypt_mode: str,
         options: TreeOptions,
         warn: Callable[[str], None] = stderr_warning,
-        fingerprint: str | None = None,
+        fingerprint: Callable[[], str | None] = lambda: None,
         info: Callable[[str], None] | None = None,
     ) -> None:
         self._writer = writer
@@ -52,7 +52,7 @@ class TreeBackup:
         self._options = options
         self._warn = warn
         self._info = info or _stderr_info
-        self._fingerprint = fingerprint  # of the key encrypting or signing, or None
+        self._fingerprint = fingerprint  # of the key encrypting or signing (None: no key)
         self._split = options.change_detection_mode in ("data", "metadata")
         self._catalog_sink: IndexSink | None = None
         self._catalog: CatalogWriter | None = None
@@ -94,7 +94,7 @@ class TreeBackup:
                     writer = self._writer
                     previous = find_previous(
                         writer.store, writer.ns, writer.name.group, writer.name.backup_time, archive,
-                        self._codec, self._crypt_mode, self._fingerprint, locks, self._info,
+                        self._codec, self._crypt_mode, self._fingerprint(), locks, self._info,
                     )
                     if previous is not None:
                         raise_fd_limit()
