@@ -152,9 +152,11 @@ def extract_archive(
     _prepare_target(target)
     raise_fd_limit()
     problems = Problems(warn)
-    extractor = Extractor(target, overwrite, problems)
+    through_catalog = bool(matchers) and catalog is not None
+    # A streamed restore makes every file of the archive; one through the catalog, a few.
+    extractor = Extractor(target, overwrite, problems, helper=not through_catalog)
     try:
-        if matchers and catalog is not None:
+        if through_catalog:
             plan = _plan_from_catalog(catalog[0], archive_name, matchers)
             _extract_plan(Accessor(reader.read_at, reader.size), plan, extractor)
             extractor.finish(None)
