@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from cairn.client.pxar.reuse import _reserve_fds
+from cairn.client.pxar.util import grow_fd_table
 
 
 def test_reserving_fds_never_touches_an_open_one(tmp_path):
@@ -13,12 +13,12 @@ def test_reserving_fds_never_touches_an_open_one(tmp_path):
     held = os.open(tmp_path, os.O_RDONLY)
     top = fcntl.fcntl(held, fcntl.F_DUPFD, 300)  # an fd already open where the reserve would go
     try:
-        _reserve_fds(held, top + 1)
+        grow_fd_table(top + 1, held)
         assert os.path.samestat(os.fstat(top), os.fstat(held))
-        _reserve_fds(held, 1 << 62)  # beyond any limit: clamped, still harmless
+        grow_fd_table(1 << 62, held)  # beyond any limit: clamped, still harmless
         assert os.path.samestat(os.fstat(top), os.fstat(held))
         before = set(os.listdir("/proc/self/fd"))
-        _reserve_fds(held, 2000)
+        grow_fd_table(2000, held)
         assert set(os.listdir("/proc/self/fd")) == before  # nothing left open
     finally:
         os.close(top)

@@ -50,6 +50,10 @@ def backup(specs: tuple[str, ...], repository: str | None, ns: Namespace, backup
     """Back up SPECs (disk.img:/dev/sdb, vm.conf:/path, log.log:-) into a new snapshot."""
     parsed = [parse_backup_spec(spec) for spec in specs]
     group = GroupName(backup_type, backup_id or socket.gethostname().split(".")[0])
+    if change_detection_mode == "metadata":
+        from cairn.client.pxar.util import prepare_metadata_mode
+
+        prepare_metadata_mode()  # while this process has one thread: see its docstring
     key = backup_key(crypt_mode, keyfile, keyfd, master_pubkey_file, passphrase_fd)
     from cairn.client.backup import BackupJob, run_backup
     from cairn.client.pxar.create import TreeOptions

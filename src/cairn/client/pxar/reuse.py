@@ -17,9 +17,7 @@ be kept back, since the next range can start inside that very chunk.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import resource
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -28,10 +26,11 @@ from cairn.format.index import DynamicIndex
 from cairn.format.pxar import Listing
 from cairn.format.pxar.constants import HEADER_SIZE
 
+from .util import FD_HEADROOM, grow_fd_table
+
 CHUNK_PADDING_THRESHOLD = 0.1  # PBS's CHUNK_PADDING_THRESHOLD
 DEFAULT_MAX_CACHED = 512  # files held back with an open fd (PBS's default lookahead size)
 _RESERVE_FDS_AT = 32  # held files from which the fd table is grown for the whole lookahead
-_FD_HEADROOM = 256  # fds open besides the held files (directories, sinks, the store)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +177,7 @@ class PayloadReuser:
         self._held.append(_Held(None, file, span[0] - self._range[0], span[1] - span[0]))
         self._files += 1
         if self._files == _RESERVE_FDS_AT and self._max_cached > _RESERVE_FDS_AT:
-            _reserve_fds(file.fd, self._max_cached + _FD_HEADROOM)
+            grow_fd_table(self._max_cached + FD_HEADROOM, file.fd)
 
     # --- flushing -------------------------------------------------------------------------
 
@@ -265,20 +264,3 @@ def _close_files(held: list[_Held]) -> None:
     for entry in held:
         if entry.file is not None and entry.file.fd >= 0:
             os.close(entry.file.fd)
-
-
-def _reserve_fds(fd: int, count: int) -> None:
-    """Grow this process's fd table to ``count`` entries in one step.
-
-    The kernel doubles the table as higher fds are opened, and in a process with threads
-    (the chunk sinks) each doubling waits for an RCU grace period, several milliseconds:
-    holding ten thousand files open stalled the walk eight times, ~80 ms in all. Opening one
-    fd at the top of the range (never replacing an open one) waits once.
-    """
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY:
-        count = min(count, soft)
-    try:
-        os.close(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(0, count - 1)))
-    except OSError:
-        pass  # no fd that high is free or allowed: the table grows as it always did

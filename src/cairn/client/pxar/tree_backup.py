@@ -13,7 +13,6 @@ reuse the previous snapshot's payload chunks (see ``reuse``).
 
 from __future__ import annotations
 
-import resource
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -28,7 +27,7 @@ from .create import Archiver, TreeOptions, TreeStats
 from .index_sink import IndexSink
 from .previous import find_previous, split_archive_names
 from .reuse import PayloadReuser, ReuseStats
-from .util import raise_fd_limit, stderr_warning
+from .util import max_held_files, raise_fd_limit, stderr_warning
 
 CATALOG_ARCHIVE = "catalog.pcat1.didx"
 
@@ -98,7 +97,7 @@ class TreeBackup:
                     )
                     if previous is not None:
                         raise_fd_limit()
-                        reuser = PayloadReuser(previous.payload_index, payload_sink.inject, _max_held_files())
+                        reuser = PayloadReuser(previous.payload_index, payload_sink.inject, max_held_files())
                         accessor = previous.accessor
                 archiver = Archiver(
                     root, meta_sink.write, None, self._options, self._warn,
@@ -129,12 +128,6 @@ class TreeBackup:
         if self._catalog is not None and self._catalog_sink is not None:
             self._catalog.finish()
             self._catalog_sink.close(self._crypt_mode)
-
-
-def _max_held_files() -> int:
-    """How many unchanged files may wait with an open fd: half the fd limit, as PBS."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(64, min(soft // 2, 1 << 16))
 
 
 def _summary(archive: str, stats: ReuseStats) -> str:
