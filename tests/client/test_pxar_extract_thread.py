@@ -28,6 +28,8 @@ class Recorder(Extractor):
         self._fail_on = fail_on
 
     def extract_file(self, name, metadata, size, contents, path) -> None:
+        if name == self._fail_on:
+            raise OSError(28, "No space left on device")
 
         def watched():
             for done, piece in enumerate(contents, 1):
@@ -36,12 +38,6 @@ class Recorder(Extractor):
                 yield piece
 
         super().extract_file(name, metadata, size, watched(), path)
-        self.calls.append(("file", name))
-
-    def extract_whole_file(self, name, metadata, size, data, path) -> None:
-        if name == self._fail_on:
-            raise OSError(28, "No space left on device")
-        super().extract_whole_file(name, metadata, size, data, path)
         self.calls.append(("file", name))
 
     def enter_directory(self, name, metadata, path, create=True) -> None:

@@ -16,20 +16,13 @@ capabilities), then xattrs, capabilities and ACLs, then the mode and last the ti
 directory gets its metadata when its last child is done, so its mtime survives. Whatever
 the process may not set (ownership, devices, ``trusted.*`` xattrs as a normal user) is
 counted and reported once per kind; the restore goes on.
-
-Creating a file is the costliest step of restoring many small ones (tens of microseconds
-in the kernel, under the directory's lock), so an extractor may have a helper thread: every
-other directory's small files, and then the directory's own metadata, are made there, in
-order, while the calling thread goes on with the next directory.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import queue
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -48,9 +41,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FAILED: Any = object()  # what _create returns when nothing was made
 _PATH_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_HELPER_MAX_FILE = 64 * 1024  # larger files are written by the calling thread
-_HELPER_BATCH = 32  # jobs handed to the helper at once
-_HELPER_BATCHES = 8  # batches waiting for it: at most 16 MiB of contents
 
 
 @dataclass
@@ -60,18 +50,15 @@ class Problems:
     warn: Callable[[str], None]
     skipped: int = 0
     metadata: dict[str, list] = field(default_factory=dict)  # kind -> [count, first path, reason]
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # an extractor's helper reports too
 
     def skip(self, path: bytes, reason: str) -> None:
-        with self._lock:
-            self.skipped += 1
-            self.warn(f"{show(path)}: not restored: {reason}")
+        self.skipped += 1
+        self.warn(f"{show(path)}: not restored: {reason}")
 
     def metadata_failed(self, kind: str, path: bytes, err: OSError | str) -> None:
         reason = err if isinstance(err, str) else (err.strerror or str(err))
-        with self._lock:
-            record = self.metadata.setdefault(kind, [0, path, reason])
-            record[0] += 1
+        record = self.metadata.setdefault(kind, [0, path, reason])
+        record[0] += 1
 
     def report(self) -> None:
         """One line per kind of metadata that could not be restored."""
@@ -89,17 +76,12 @@ class _Frame:
     path: bytes
     fd: int | None = None
     skip: bool = False
-    helper: bool = False  # its small files and its metadata are made by the helper thread
 
 
 class Extractor:
-    """Recreates entries below ``target`` (an existing directory).
+    """Recreates entries below ``target`` (an existing directory)."""
 
-    Calls come from one thread, in archive order. With ``helper`` set, a second thread makes
-    part of the small files; hardlinks and ``finish`` wait for it.
-    """
-
-    def __init__(self, target: str, overwrite: bool, problems: Problems, helper: bool = False) -> None:
+    def __init__(self, target: str, overwrite: bool, problems: Problems) -> None:
         self._overwrite = overwrite
         self.problems = problems
         try:
@@ -109,42 +91,29 @@ class Extractor:
         self._stack = [_Frame(b"", None, b"/", root_fd)]
         # archive path of each file made -> (where it was made, st_dev, st_ino)
         self._files: dict[bytes, tuple[bytes, int, int]] = {}
-        self._count_lock = threading.Lock()
-        self._closing = False
-        self._helper = _Helper() if helper else None
-        self._directories = 0
         self.files = 0
         self.bytes = 0
 
     # --- directories ----------------------------------------------------------------------
 
+    @property
+    def depth(self) -> int:
+        return len(self._stack) - 1
+
     def enter_directory(self, name: bytes, metadata: Metadata, path: bytes, create: bool = True) -> None:
         """Go into directory ``name``; it is created now, or with its first extracted child."""
         parent = self._stack[-1]
-        if self._helper is not None:
-            self._helper.flush()
-        self._directories += 1
-        helper = self._helper is not None and self._directories % 2 == 0
-        self._stack.append(_Frame(name, metadata, path, skip=parent.skip, helper=helper))
+        self._stack.append(_Frame(name, metadata, path, skip=parent.skip))
         if create:
             self._materialize()
 
     def leave_directory(self) -> None:
-        """Finish the innermost directory: its metadata is applied once all it holds is made."""
+        """Finish the innermost directory: its metadata is applied now that it is complete."""
         frame = self._stack.pop()
         if frame.fd is None:
             return
-        if frame.helper:
-            assert self._helper is not None
-            self._helper.add(self._finish_directory, frame)
-            self._helper.flush()
-        else:
-            self._finish_directory(frame)
-
-    def _finish_directory(self, frame: _Frame) -> None:
-        assert frame.fd is not None
         try:
-            if frame.metadata is not None and not self._closing:
+            if frame.metadata is not None:
                 self._apply(frame.metadata, frame.path, fd=frame.fd)
         finally:
             os.close(frame.fd)
@@ -153,8 +122,6 @@ class Extractor:
         """Close what is still open; apply the archive root's metadata to the target if given."""
         while len(self._stack) > 1:
             self.leave_directory()
-        if self._helper is not None:
-            self._helper.stop()
         root = self._stack[0]
         try:
             if root_metadata is not None and root.fd is not None:
@@ -165,17 +132,7 @@ class Extractor:
                 root.fd = None
 
     def close(self) -> None:
-        """Release every fd after a failure (no metadata is applied).
-
-        What was handed to the helper is still made, so that no directory it holds an fd of
-        is left open.
-        """
-        self._closing = True
-        if self._helper is not None:
-            try:
-                self._helper.stop()
-            except BaseException:  # the failure being handled is the one to report
-                pass
+        """Release every fd after a failure (no metadata is applied)."""
         for frame in self._stack:
             if frame.fd is not None:
                 os.close(frame.fd)
@@ -227,24 +184,8 @@ class Extractor:
     def extract_file(self, name: bytes, metadata: Metadata, size: int, contents: Iterable[bytes], path: bytes) -> None:
         """A regular file: its contents (zero runs become holes), then its metadata."""
         parent = self._parent(name)
-        if parent is not None:
-            self._make_file(parent, name, metadata, size, contents, path)
-
-    def extract_whole_file(self, name: bytes, metadata: Metadata, size: int, data: bytes, path: bytes) -> None:
-        """A regular file whose contents are all in ``data``: perhaps made by the helper."""
-        parent = self._parent(name)
         if parent is None:
             return
-        if self._stack[-1].helper and size <= _HELPER_MAX_FILE:
-            assert self._helper is not None
-            self._helper.check()
-            self._helper.add(self._make_file, parent, name, metadata, size, (data,), path)
-        else:
-            self._make_file(parent, name, metadata, size, (data,), path)
-
-    def _make_file(
-        self, parent: int, name: bytes, metadata: Metadata, size: int, contents: Iterable[bytes], path: bytes
-    ) -> None:
         fd = self._create(parent, name, path, lambda: os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent))
         if fd is _FAILED:
             return
@@ -260,12 +201,8 @@ class Extractor:
             self._apply(metadata, path, fd=fd, owner=(st.st_uid, st.st_gid))
         finally:
             os.close(fd)
-        self._made(size)
-
-    def _made(self, size: int = 0) -> None:
-        with self._count_lock:
-            self.files += 1
-            self.bytes += size
+        self.files += 1
+        self.bytes += size
 
     def extract_symlink(self, name: bytes, metadata: Metadata, target: bytes, path: bytes) -> None:
         parent = self._parent(name)
@@ -273,7 +210,7 @@ class Extractor:
             return
         if self._create(parent, name, path, lambda: os.symlink(target, name, dir_fd=parent)) is not _FAILED:
             self._apply(metadata, path, parent=parent, name=name, symlink=True)
-            self._made()
+            self.files += 1
 
     def extract_special(self, name: bytes, metadata: Metadata, path: bytes, device: tuple[int, int] | None = None) -> None:
         """Device nodes, fifos and sockets (made with mknod, never opened for I/O)."""
@@ -307,12 +244,10 @@ class Extractor:
             self._apply(metadata, path, parent=parent, name=name, proc=f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
-        self._made()
+        self.files += 1
 
     def has_file(self, archive_path: bytes) -> bool:
         """Was the file at ``archive_path`` created by this restore (a hardlink may use it)?"""
-        if self._helper is not None:
-            self._helper.wait()
         return archive_path.strip(b"/") in self._files
 
     def alias(self, made_path: bytes, archive_path: bytes) -> None:
@@ -323,8 +258,6 @@ class Extractor:
 
     def extract_hardlink(self, name: bytes, target_path: bytes, path: bytes) -> None:
         """Another name for a file this restore created; anything else is refused."""
-        if self._helper is not None:
-            self._helper.wait()
         key = target_path.strip(b"/")
         record = self._files.get(key)
         if record is None:
@@ -461,65 +394,6 @@ class Extractor:
             self.problems.metadata_failed("ACLs", path, err)
         except FormatError as err:  # an ACL from the archive that no kernel accepts
             self.problems.metadata_failed("ACLs", path, str(err))
-
-
-class _Helper:
-    """A thread that runs an extractor's jobs in the order they were handed over.
-
-    Jobs go over in batches (about one per directory), so the thread wakes up once per batch
-    rather than once per small file. Every job handed over runs, so each directory handed
-    over is closed; the first failure is raised by ``check``, ``wait`` and ``stop``.
-    """
-
-    def __init__(self) -> None:
-        self._batches: queue.SimpleQueue = queue.SimpleQueue()
-        self._room = threading.Semaphore(_HELPER_BATCHES)
-        self._batch: list[tuple[Callable[..., None], tuple]] = []
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="cairn-extract-helper", daemon=True)
-        self._thread.start()
-
-    def add(self, job: Callable[..., None], *args: Any) -> None:
-        self._batch.append((job, args))
-        if len(self._batch) >= _HELPER_BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        """Hand the jobs added so far over (waiting while too many batches wait)."""
-        if self._batch:
-            self._room.acquire()
-            self._batches.put(self._batch)
-            self._batch = []
-
-    def check(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def wait(self) -> None:
-        """Return once every job added so far is done."""
-        done = threading.Event()
-        self.add(done.set)
-        self.flush()
-        done.wait()
-        self.check()
-
-    def stop(self) -> None:
-        """Run what was added, end the thread (once) and raise a job's failure."""
-        if self._thread.is_alive():
-            self.flush()
-            self._batches.put(None)
-            self._thread.join()
-        self.check()
-
-    def _run(self) -> None:
-        while (batch := self._batches.get()) is not None:
-            for job, args in batch:
-                try:
-                    job(*args)
-                except BaseException as err:
-                    if self._error is None:
-                        self._error = err
-            self._room.release()
 
 
 class _NotPermitted(Exception):

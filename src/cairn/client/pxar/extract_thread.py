@@ -36,8 +36,8 @@ class ExtractThread:
     """The ``Extractor`` methods a streamed restore uses, queued for one worker thread.
 
     A failure on the worker ends it; the caller sees the exception at its next call or at
-    ``finish``. ``abort`` stops the worker once what is already queued is done; the caller
-    then closes the extractor (which applies no more metadata).
+    ``finish``. ``abort`` stops the worker once what is already queued is done and closes
+    the extractor (no more metadata is applied).
     """
 
     def __init__(
@@ -72,7 +72,7 @@ class ExtractThread:
         pieces = iter(contents)
         first = next(pieces, b"")
         if len(first) >= size:
-            self._put((self.extractor.extract_whole_file, (name, metadata, size, first, path)), len(first))
+            self._put((self.extractor.extract_file, (name, metadata, size, (first,), path)), len(first))
             return
         self._put((_extract_streamed, (self.extractor, name, metadata, size, self._stream(), path)))
         self._put(first, len(first))

@@ -152,11 +152,9 @@ def extract_archive(
     _prepare_target(target)
     raise_fd_limit()
     problems = Problems(warn)
-    through_catalog = bool(matchers) and catalog is not None
-    # A streamed restore makes every file of the archive; one through the catalog, a few.
-    extractor = Extractor(target, overwrite, problems, helper=not through_catalog)
+    extractor = Extractor(target, overwrite, problems)
     try:
-        if through_catalog:
+        if matchers and catalog is not None:
             plan = _plan_from_catalog(catalog[0], archive_name, matchers)
             _extract_plan(Accessor(reader.read_at, reader.size), plan, extractor)
             extractor.finish(None)
