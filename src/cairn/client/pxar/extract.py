@@ -415,8 +415,9 @@ def _write_sparse(fd: int, contents: Iterable[bytes]) -> int:
         view = memoryview(piece)
         run = 0  # start of the data not yet written
         for start in range(0, len(view), _SPARSE_BLOCK):
-            # startswith compares with memcmp and takes the view as it is (no copy).
-            if _ZERO_BLOCK.startswith(view[start : start + _SPARSE_BLOCK]):
+            # A nonzero first byte settles most blocks; startswith compares the rest with
+            # memcmp and takes the view as it is (no copy).
+            if view[start] == 0 and _ZERO_BLOCK.startswith(view[start : start + _SPARSE_BLOCK]):
                 if run < start:
                     _pwrite_all(fd, view[run:start], pos + run)
                 run = start + _SPARSE_BLOCK
