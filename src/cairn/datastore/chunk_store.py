@@ -98,10 +98,22 @@ class ChunkStore:
         return True
 
     def read(self, digest: bytes) -> bytes:
+        name = digest.hex()
         try:
-            return self.path(digest).read_bytes()
+            fd = os.open(os.path.join(self.chunk_dir, name[:4], name), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise StoreError(f"chunk {digest.hex()} is missing from the store") from None
+        try:
+            size = os.fstat(fd).st_size
+            data = os.read(fd, size)
+            while len(data) < size:  # a short read: rare, but allowed
+                more = os.read(fd, size - len(data))
+                if not more:
+                    break
+                data += more
+            return data
+        finally:
+            os.close(fd)
 
     def rename_corrupt(self, digest: bytes) -> Path | None:
         """Move a bad chunk aside as ``<digest>.<n>.bad`` (first free n) so it is re-uploaded."""

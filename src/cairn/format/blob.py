@@ -143,7 +143,34 @@ _FEED = 16 * 1024  # compressed bytes fed per step: bounds how far one step can 
 
 
 def _decompress(payload: bytes | memoryview) -> bytes:
-    """Decompress one zstd frame, refusing truncated frames and output beyond the limit."""
+    """Decompress one zstd frame, refusing truncated frames and output beyond the limit.
+
+    A frame that declares its size within the limit (every frame Cairn and PBS write) is
+    decompressed in one call, which releases the GIL for all of it; zstd never writes more
+    than the declared size, and the result is checked against it. Other frames are fed in
+    small steps so a hostile one cannot expand without bound.
+    """
+    try:
+        declared = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError as err:
+        raise FormatError(f"blob payload is not valid zstd data ({err})") from None
+    if 0 <= declared <= MAX_BLOB_SIZE:
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            data = obj.decompress(payload)
+        except zstandard.ZstdError as err:
+            raise FormatError(f"blob payload is not valid zstd data ({err})") from None
+        if not obj.eof:
+            raise FormatError("blob payload is a truncated zstd frame")
+        if obj.unused_data:
+            raise FormatError("blob payload has trailing bytes after its zstd frame")
+        if len(data) != declared:
+            raise FormatError("blob payload does not match the size its zstd frame declares")
+        return data
+    return _decompress_stepwise(payload)
+
+
+def _decompress_stepwise(payload: bytes | memoryview) -> bytes:
     obj = zstandard.ZstdDecompressor().decompressobj()
     view = memoryview(payload)
     out = bytearray()
@@ -184,7 +211,7 @@ def decode_blob(
             raise CryptError("this data is encrypted; a key is needed to read it (--keyfile)")
         iv = bytes(view[12:28])
         tag = bytes(view[28:44])
-        payload: bytes | memoryview = cipher.decrypt(iv, tag, bytes(view[44:]))
+        payload: bytes | memoryview = cipher.decrypt(iv, tag, view[ENCRYPTED_HEADER_SIZE:])
     else:
         payload = view[PLAIN_HEADER_SIZE:]
     if info.compressed:
