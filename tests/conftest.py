@@ -109,3 +109,13 @@ def chunk_files(store_path: Path) -> dict[str, int]:
         for entry in os.scandir(prefix.path):
             found[entry.path] = entry.stat().st_mtime_ns
     return found
+
+
+def taken(chunker, chunks) -> list[bytes]:
+    """Copy a StreamChunker's chunks out and give their memory back, as the sink does once
+    they are stored."""
+    out = []
+    for chunk in chunks:
+        out.append(bytes(chunk))
+        chunker.release(chunk)
+    return out

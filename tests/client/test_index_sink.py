@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from conftest import taken
 from pyfastcdc import FastCDC
 
 from cairn.client.chunks import ChunkCodec
@@ -27,14 +28,6 @@ T0 = 1795312800
 def data() -> bytes:
     rng = random.Random(11)
     return rng.randbytes(40 * MIB) + bytes(18 * MIB) + rng.randbytes(5 * MIB + 3)
-
-
-def taken(chunker: StreamChunker, chunks) -> list[bytes]:
-    out = []
-    for chunk in chunks:
-        out.append(bytes(chunk))
-        chunker.release(chunk)
-    return out
 
 
 def index_chunks(store, writer: BackupWriter, archive: str) -> list[bytes]:

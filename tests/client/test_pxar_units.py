@@ -7,6 +7,7 @@ import random
 import stat
 
 import pytest
+from conftest import taken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyfastcdc import FastCDC
@@ -33,15 +34,6 @@ DIR, FILE = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644
 def data() -> bytes:
     rng = random.Random(3)
     return rng.randbytes(60 * MIB) + bytes(20 * MIB) + rng.randbytes(3 * MIB + 17)
-
-
-def taken(chunker: StreamChunker, chunks) -> list[bytes]:
-    """Copy the chunks out and give their memory back, as the sink does once they are stored."""
-    out = []
-    for chunk in chunks:
-        out.append(bytes(chunk))
-        chunker.release(chunk)
-    return out
 
 
 def cut_streaming(data: bytes, piece_sizes) -> list[bytes]:
