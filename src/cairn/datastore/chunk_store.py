@@ -98,9 +98,8 @@ class ChunkStore:
         return True
 
     def read(self, digest: bytes) -> bytes:
-        name = digest.hex()
         try:
-            fd = os.open(os.path.join(self.chunk_dir, name[:4], name), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path(digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise StoreError(f"chunk {digest.hex()} is missing from the store") from None
         try:
