@@ -22,8 +22,6 @@ from cairn.format.pxar import Accessor
 
 from .reader import ChunkReader
 
-CHANGE_DETECTION_MODES = ("legacy", "data", "metadata")
-
 
 def split_archive_names(archive: str) -> tuple[str, str]:
     """``root.pxar.didx`` -> (``root.mpxar.didx``, ``root.ppxar.didx``), PBS's split names."""
