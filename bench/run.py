@@ -22,9 +22,11 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from measure import CommandFailed, store_bytes, tree_differences, tree_manifest
+from scratch import fresh_filesystem
 from tools import Borg, Cairn, Restic, Tool, ToolRun, probe_cairn_pxar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mkdata", type=Path, default=DEFAULT_MKDATA, help="path of the shared mkdata.py")
     parser.add_argument("--smoke", action="store_true", help=f"a tiny run ({SMOKE_SIZE_MB} MB) to check the script works")
     parser.add_argument("--keep", action="store_true", help="keep repositories and restores after the run")
+    parser.add_argument("--scratch", choices=("fresh", "here"), default="fresh",
+                        help="where repositories and restores go: 'fresh' (default) a new ext4 made for the run "
+                             "in WORK/scratch.img (needs root; falls back to 'here'), 'here' the work directory")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size_mb = SMOKE_SIZE_MB
@@ -188,15 +193,31 @@ def main(argv: list[str] | None = None) -> int:
             tools.append(tool)
 
     data = make_data(args)
-    clear([args.work / tool.name for tool in tools])
+    with ExitStack() as stack:
+        root = args.work
+        if args.scratch == "fresh":
+            try:
+                root = stack.enter_context(fresh_filesystem(args.work, args.size_mb, keep=args.keep))
+                notes.append("repositories and restores are on a fresh ext4 (journal, defaults) made for this run "
+                             "on a loop device; the data set is read from the work directory")
+            except OSError as err:
+                print(f"bench: no fresh file system ({err}); using {args.work}", file=sys.stderr)
+                notes.append(f"repositories and restores are in {args.work} (no fresh file system: {err})")
+        return run_tools(args, tools, skipped, notes, data, root)
+
+
+def run_tools(args: argparse.Namespace, tools: list[Tool], skipped: dict[str, str], notes: list[str],
+              data: Path, root: Path) -> int:
+    """Set up, measure and check every tool with its work directory under ``root``."""
+    clear([root / tool.name for tool in tools])
     cairns = [t for t in tools if isinstance(t, Cairn)]
     for cairn in cairns:
         try:
-            prepare(cairn, ToolRun(args.work / cairn.name, data))
+            prepare(cairn, ToolRun(root / cairn.name, data))
         except CommandFailed as err:
             sys.exit(f"bench: error: cannot set up {cairn.name}: {err}")
     if cairns:
-        unsupported = probe_cairn_pxar(cairns[0], ToolRun(args.work / cairns[0].name, data))
+        unsupported = probe_cairn_pxar(cairns[0], ToolRun(root / cairns[0].name, data))
         if unsupported:
             data, image_files = image_subset(data, args.work)
             for cairn in cairns:
@@ -224,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     failed = False
     for tool in tools:
-        run = ToolRun(args.work / tool.name, data)
+        run = ToolRun(root / tool.name, data)
         try:
             if not isinstance(tool, Cairn):
                 prepare(tool, run)
@@ -238,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench: {tool.name} restore differs: {problem}", file=sys.stderr)
         report["results"][tool.name] = result
     report["load_after"] = os.getloadavg()[0]
-    if not args.keep:
-        clear([args.work / tool.name for tool in tools])
+    if not args.keep and root == args.work:  # a fresh file system goes as a whole
+        clear([root / tool.name for tool in tools])
     (args.work / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     print(render_table(report))
     print(f"\n(versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}; "

@@ -7,6 +7,8 @@ makes its data, runs every step, prints its table and verified the restore bit f
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ MKDATA = REPO.parent / "shared" / "bench" / "mkdata.py"
 @pytest.mark.skipif(not MKDATA.is_file(), reason=f"{MKDATA} not found (shared/ beside the clone)")
 def test_bench_smoke_runs_cairn_and_checks_the_restore(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(RUN), "--smoke", "--tools", "cairn", "--keep", "--work", str(tmp_path)],
+        [sys.executable, str(RUN), "--smoke", "--tools", "cairn", "--work", str(tmp_path)],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr
@@ -40,6 +42,11 @@ def test_bench_smoke_runs_cairn_and_checks_the_restore(tmp_path):
         assert result[key] > 0
     # the restore was compared against the data set mkdata.py made
     assert (tmp_path / "data-24" / "images" / "vm-100-disk-0.raw").is_file()
+    # repositories and restores went to a fresh file system when one can be made, gone afterwards
+    can_mount = os.geteuid() == 0 and all(shutil.which(t) for t in ("mkfs.ext4", "mount", "umount"))
+    assert any("fresh ext4" in note for note in report["notes"]) == can_mount, report["notes"]
+    assert not os.path.ismount(tmp_path / "scratch")
+    assert not (tmp_path / "scratch.img").exists()
 
 
 def test_bench_refuses_unknown_tools(tmp_path):
