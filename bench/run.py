@@ -9,7 +9,8 @@ directory). Each tool, encrypted, makes a first backup, an unchanged re-backup a
 restore of the first snapshot; the restored tree is compared with the source (every file's
 size and SHA-256, every symlink and directory) and any difference fails the run. The table
 gives each measurement absolute and as a ratio to the best of the peers (restic, borg);
-a JSON copy goes to WORK/results.json. Measurements run with a warm page cache.
+a JSON copy goes to WORK/results.json. Measurements run with a warm page cache, each after a
+sync (nothing of the step before is still being written back).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ METRICS = (  # key, header, unit, target ratio for Cairn (None: absolute target)
     ("peak_rss", "peak RSS", "bytes", None),
 )
 RSS_LIMIT = 256 * 1000 * 1000
+SETTLE_SECONDS = 1.0  # after a sync, before each measurement
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -119,12 +121,26 @@ def clear(work_dirs: list[Path]) -> None:
     os.sync()
 
 
+def settle() -> None:
+    """Start a measurement with nothing left to write back from the one before.
+
+    A restore leaves a gigabyte of dirty pages that the kernel writes back for seconds
+    afterwards, on the same two cores: without this the next tool's first backup pays for
+    the previous tool's restore.
+    """
+    os.sync()
+    time.sleep(SETTLE_SECONDS)
+
+
 def bench_tool(tool: Tool, run: ToolRun, source: dict) -> dict:
     print(f"{tool.name}: first backup ...", file=sys.stderr, flush=True)
+    settle()
     first = tool.backup(run, 1)
     print(f"{tool.name}: unchanged re-backup ...", file=sys.stderr, flush=True)
+    settle()
     second = tool.backup(run, 2)
     print(f"{tool.name}: full restore ...", file=sys.stderr, flush=True)
+    settle()
     restore = tool.restore(run)
     differences = tree_differences(source, tree_manifest(tool.restored_root(run)))
     return {
