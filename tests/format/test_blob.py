@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from cairn.errors import FormatError, IntegrityError
 from cairn.format import blob
 from cairn.format.blob import decode_blob, encode_blob
+from cairn.format.crypt import CryptConfig
 
 
 @pytest.mark.parametrize(
@@ -141,3 +142,37 @@ def test_corruption_never_goes_unnoticed_or_crashes(data, draw):
     # A flipped CRC byte with intact payload is the only undetected case that still decodes,
     # and then the data is still right.
     assert decoded == data
+
+
+def _encrypted(data: bytes) -> tuple[bytes, CryptConfig]:
+    config = CryptConfig(bytes(range(32)))
+    return encode_blob(data, config), config
+
+
+@pytest.mark.parametrize("where", ["iv", "tag", "payload"])
+def test_corrupt_encrypted_blob_is_reported_as_corrupt_not_as_wrong_key(where):
+    raw, config = _encrypted(b"some chunk " * 500)
+    damaged = bytearray(raw)
+    damaged[{"iv": 12, "tag": 30, "payload": len(raw) - 5}[where]] ^= 0x40
+    # The IV and tag are outside the CRC; damage there can only show as a failed tag.
+    match = "CRC" if where == "payload" else "wrong key or corrupt"
+    with pytest.raises(IntegrityError, match=match):
+        decode_blob(bytes(damaged), config)
+
+
+def test_encrypted_blob_with_a_wrong_key_names_the_key():
+    raw, _ = _encrypted(b"secret " * 100)
+    with pytest.raises(IntegrityError, match="wrong key or corrupt"):
+        decode_blob(raw, CryptConfig(bytes(32)))
+
+
+def test_encrypted_blob_is_authenticated_by_its_tag_not_its_crc():
+    """A damaged stored CRC alone does not stop an intact encrypted blob from decoding
+    (the tag proves every payload byte), while plain blobs are refused."""
+    data = b"payload " * 64
+    raw, config = _encrypted(data)
+    bad_crc = raw[:8] + bytes(b ^ 0xFF for b in raw[8:12]) + raw[12:]
+    assert decode_blob(bad_crc, config) == data
+    plain = encode_blob(data)
+    with pytest.raises(IntegrityError, match="CRC"):
+        decode_blob(plain[:8] + bytes(b ^ 0xFF for b in plain[8:12]) + plain[12:])

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import zlib
 from dataclasses import dataclass
 from typing import Protocol
 
 import zstandard
+
+# The same CRC-32 as zlib's (and PBS's crc32fast), computed with ISA-L's carry-less
+# multiplication code: 35 GB/s against zlib's 7 GB/s here, with the GIL released.
+from isal.isal_zlib import crc32
 
 from cairn.errors import CryptError, FormatError, IntegrityError
 
@@ -127,16 +130,16 @@ def encode_blob_parts(
             iv, tag, length = cipher.encrypt_into(payload, scratch)
             body = memoryview(scratch)[:length]
         magic = ENCR_COMPR_BLOB_MAGIC if compressed else ENCRYPTED_BLOB_MAGIC
-        return b"".join((magic, struct.pack("<I", zlib.crc32(body)), iv, tag)), body
+        return b"".join((magic, struct.pack("<I", crc32(body)), iv, tag)), body
     magic = COMPRESSED_BLOB_MAGIC if compressed else UNCOMPRESSED_BLOB_MAGIC
-    return magic + struct.pack("<I", zlib.crc32(payload)), payload
+    return magic + struct.pack("<I", crc32(payload)), payload
 
 
 def blob_crc_ok(raw: bytes | memoryview) -> bool:
     """True if the stored CRC32 matches the bytes after the header."""
     info = blob_info(raw)
     (stored,) = struct.unpack_from("<I", raw, 8)
-    return zlib.crc32(memoryview(raw)[info.header_size :]) == stored
+    return crc32(memoryview(raw)[info.header_size :]) == stored
 
 
 _FEED = 16 * 1024  # compressed bytes fed per step: bounds how far one step can expand
@@ -201,18 +204,27 @@ def decode_blob(
     Checks the CRC (unless told not to), decrypts with ``cipher`` when the blob is encrypted,
     and, when ``digest`` is given, checks that the payload hashes to it (plain SHA-256, or the
     key's keyed digest for encrypted chunks).
+
+    An encrypted blob's CRC is only looked at when decryption fails: the GCM tag already
+    authenticates every byte the CRC covers, so a pass over them first would find nothing
+    the tag does not; afterwards it tells corrupt data from a wrong key.
     """
     info = blob_info(raw)
-    if check_crc and not blob_crc_ok(raw):
-        raise IntegrityError("data blob has a wrong CRC checksum (corrupt data)")
     view = memoryview(raw)
     if info.encrypted:
         if cipher is None:
             raise CryptError("this data is encrypted; a key is needed to read it (--keyfile)")
         iv = bytes(view[12:28])
         tag = bytes(view[28:44])
-        payload: bytes | memoryview = cipher.decrypt(iv, tag, view[ENCRYPTED_HEADER_SIZE:])
+        try:
+            payload: bytes | memoryview = cipher.decrypt(iv, tag, view[ENCRYPTED_HEADER_SIZE:])
+        except IntegrityError:
+            if check_crc and not blob_crc_ok(raw):
+                raise _crc_error() from None
+            raise
     else:
+        if check_crc and not blob_crc_ok(raw):
+            raise _crc_error()
         payload = view[PLAIN_HEADER_SIZE:]
     if info.compressed:
         data = _decompress(payload)
@@ -225,3 +237,7 @@ def decode_blob(
         if actual != digest:
             raise IntegrityError("chunk digest does not match its content (corrupt data)")
     return data
+
+
+def _crc_error() -> IntegrityError:
+    return IntegrityError("data blob has a wrong CRC checksum (corrupt data)")
