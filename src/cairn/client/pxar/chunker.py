@@ -35,8 +35,11 @@ MAX_CHUNK = 16 << 20
 # FastCDC's mean chunk comes out near its "average" parameter plus the minimum; asking for
 # 3 MiB gives PBS's 4 MiB mean.
 _FASTCDC_AVERAGE = 3 << 20
-_CUT_THRESHOLD = 8 << 20  # bytes gathered before a cut pass
-_SEGMENT_SIZE = _CUT_THRESHOLD + MAX_CHUNK  # room for a cut pass after the carried-over tail
+# A cut pass scans its last, unfinished chunk in vain (the next pass scans it again from its
+# start), so passes are made over as much data as a segment allows: 16 MiB per pass scans
+# 1 GiB of mixed data in 0.37 s where 8 MiB took 0.47 s (a single pass: 0.24 s).
+_CUT_THRESHOLD = 16 << 20  # bytes gathered before a cut pass
+_SEGMENT_SIZE = 24 << 20  # holds a carried-over tail (under MAX_CHUNK) and what follows it
 _SEGMENTS = 3  # the one being filled, and older ones whose chunks are still being stored
 
 Buffer = bytes | bytearray | memoryview
