@@ -176,3 +176,29 @@ def test_encrypted_blob_is_authenticated_by_its_tag_not_its_crc():
     plain = encode_blob(data)
     with pytest.raises(IntegrityError, match="CRC"):
         decode_blob(plain[:8] + bytes(b ^ 0xFF for b in plain[8:12]) + plain[12:])
+
+
+_PIECES = st.one_of(
+    st.binary(max_size=2000),
+    st.integers(1, 300_000).map(bytes),  # zero runs: RLE blocks
+    st.integers(1, 200_000).map(lambda n: (b"abc" * n)[:n]),
+    st.integers(1, 200_000).map(os.urandom),  # raw (incompressible) blocks
+)
+
+
+@given(st.lists(_PIECES, max_size=6).map(b"".join), st.booleans(), st.sampled_from([1, 3, 19]))
+@settings(max_examples=60, deadline=None)
+def test_frame_size_walks_every_kind_of_block(data, checksum, level):
+    frame = zstandard.ZstdCompressor(level=level, write_checksum=checksum).compress(data)
+    assert blob._frame_size(frame) == len(frame)
+    raw = blob.COMPRESSED_BLOB_MAGIC + struct.pack("<I", zlib.crc32(frame)) + frame
+    assert decode_blob(raw) == data
+
+
+@pytest.mark.parametrize("extra", [b"\x00", b"junk", None])
+def test_decode_rejects_bytes_after_the_frame(extra):
+    frame = zstandard.ZstdCompressor(level=1).compress(b"data " * 1000)
+    payload = frame + (extra if extra is not None else frame)  # None: a second whole frame
+    raw = blob.COMPRESSED_BLOB_MAGIC + struct.pack("<I", zlib.crc32(payload)) + payload
+    with pytest.raises(FormatError, match="trailing bytes"):
+        decode_blob(raw)

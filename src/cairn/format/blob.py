@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -149,28 +150,73 @@ def _decompress(payload: bytes | memoryview) -> bytes:
     """Decompress one zstd frame, refusing truncated frames and output beyond the limit.
 
     A frame that declares its size within the limit (every frame Cairn and PBS write) is
-    decompressed in one call, which releases the GIL for all of it; zstd never writes more
-    than the declared size, and the result is checked against it. Other frames are fed in
-    small steps so a hostile one cannot expand without bound.
+    decompressed in a single call into a buffer of that size: the GIL is released once for
+    all of it. (A streaming decompressor gives the GIL back and takes it again for every
+    128 KiB it outputs, and under load each of those waits behind the Python threads.)
+    The result is checked against the declared size, and the frame's block headers against
+    the payload's length. Other frames are fed in small steps so a hostile one cannot
+    expand without bound.
     """
     try:
         declared = zstandard.frame_content_size(payload)
     except zstandard.ZstdError as err:
         raise FormatError(f"blob payload is not valid zstd data ({err})") from None
     if 0 <= declared <= MAX_BLOB_SIZE:
-        obj = zstandard.ZstdDecompressor().decompressobj()
+        size = _frame_size(payload)
+        if size < len(payload):
+            raise FormatError("blob payload has trailing bytes after its zstd frame")
         try:
-            data = obj.decompress(payload)
+            data = _decompressor().decompress(payload)
         except zstandard.ZstdError as err:
             raise FormatError(f"blob payload is not valid zstd data ({err})") from None
-        if not obj.eof:
-            raise FormatError("blob payload is a truncated zstd frame")
-        if obj.unused_data:
-            raise FormatError("blob payload has trailing bytes after its zstd frame")
         if len(data) != declared:
             raise FormatError("blob payload does not match the size its zstd frame declares")
         return data
     return _decompress_stepwise(payload)
+
+
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor (they are not thread-safe; making one per blob costs)."""
+    decompressor = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
+
+
+_RLE_BLOCK, _RESERVED_BLOCK = 1, 3
+
+
+def _frame_size(payload: bytes | memoryview) -> int:
+    """Bytes of the zstd frame at the start of ``payload``, found from its block headers.
+
+    Each block starts with 3 little-endian bytes: bit 0 marks the last block, bits 1-2 give
+    its type and the rest its size (an RLE block stores 1 byte whatever its size). A
+    checksum of 4 bytes may follow the last block.
+    """
+    view = memoryview(payload)
+    try:
+        pos = zstandard.frame_header_size(view)
+        checksum = zstandard.get_frame_parameters(view).has_checksum
+    except zstandard.ZstdError as err:
+        raise FormatError(f"blob payload is not valid zstd data ({err})") from None
+    end = len(view)
+    while True:
+        if pos + 3 > end:
+            raise FormatError("blob payload is a truncated zstd frame")
+        block = view[pos] | view[pos + 1] << 8 | view[pos + 2] << 16
+        kind = (block >> 1) & 3
+        if kind == _RESERVED_BLOCK:
+            raise FormatError("blob payload is not valid zstd data (reserved block type)")
+        pos += 3 + (1 if kind == _RLE_BLOCK else block >> 3)
+        if block & 1:
+            break
+    pos += 4 if checksum else 0
+    if pos > end:
+        raise FormatError("blob payload is a truncated zstd frame")
+    return pos
 
 
 def _decompress_stepwise(payload: bytes | memoryview) -> bytes:
