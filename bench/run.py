@@ -9,7 +9,8 @@ directory). Each tool, encrypted, makes a first backup, an unchanged re-backup a
 restore of the first snapshot; the restored tree is compared with the source (every file's
 size and SHA-256, every symlink and directory) and any difference fails the run. The table
 gives each measurement absolute and as a ratio to the best of the peers (restic, borg);
-a JSON copy goes to WORK/results.json. Measurements run with a warm page cache, each after a
+a JSON copy goes to WORK/results.json. Every tool runs ``--repeat`` times (default 3), each
+time in a fresh repository, and the table shows the median of each measurement. Measurements run with a warm page cache, each after a
 sync (nothing of the step before is still being written back).
 """
 
@@ -20,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -49,6 +51,8 @@ METRICS = (  # key, header, unit, target ratio for Cairn (None: absolute target)
 )
 RSS_LIMIT = 256 * 1000 * 1000
 SETTLE_SECONDS = 1.0  # after a sync, before each measurement
+DEFAULT_REPEAT = 3
+MEDIAN_KEYS = ("first_backup", "rebackup", "restore", "store_bytes")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,12 +65,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mkdata", type=Path, default=DEFAULT_MKDATA, help="path of the shared mkdata.py")
     parser.add_argument("--smoke", action="store_true", help=f"a tiny run ({SMOKE_SIZE_MB} MB) to check the script works")
     parser.add_argument("--keep", action="store_true", help="keep repositories and restores after the run")
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
+                        help=f"runs per tool, each in a fresh repository; the table shows medians (default "
+                             f"{DEFAULT_REPEAT}, --smoke: 1)")
     parser.add_argument("--scratch", choices=("fresh", "here"), default="fresh",
                         help="where repositories and restores go: 'fresh' (default) a new ext4 made for the run "
                              "in WORK/scratch.img (needs root; falls back to 'here'), 'here' the work directory")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size_mb = SMOKE_SIZE_MB
+        args.repeat = 1
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = set(args.tools) - set(TOOLS)
     if unknown or not args.tools:
@@ -132,14 +142,15 @@ def settle() -> None:
     time.sleep(SETTLE_SECONDS)
 
 
-def bench_tool(tool: Tool, run: ToolRun, source: dict) -> dict:
-    print(f"{tool.name}: first backup ...", file=sys.stderr, flush=True)
+def bench_once(tool: Tool, run: ToolRun, source: dict, label: str) -> dict:
+    """First backup, unchanged re-backup and restore in the fresh repository of ``run``."""
+    print(f"{label}: first backup ...", file=sys.stderr, flush=True)
     settle()
     first = tool.backup(run, 1)
-    print(f"{tool.name}: unchanged re-backup ...", file=sys.stderr, flush=True)
+    print(f"{label}: unchanged re-backup ...", file=sys.stderr, flush=True)
     settle()
     second = tool.backup(run, 2)
-    print(f"{tool.name}: full restore ...", file=sys.stderr, flush=True)
+    print(f"{label}: full restore ...", file=sys.stderr, flush=True)
     settle()
     restore = tool.restore(run)
     differences = tree_differences(source, tree_manifest(tool.restored_root(run)))
@@ -151,8 +162,33 @@ def bench_tool(tool: Tool, run: ToolRun, source: dict) -> dict:
                         "restore": restore.cpu_seconds},
         "peak_rss_by_step": {"first_backup": first.peak_rss, "rebackup": second.peak_rss,
                              "restore": restore.peak_rss},
-        "bit_identical": not differences, "differences": differences,
+        "differences": differences,
     }
+
+
+def bench_tool(tool: Tool, root: Path, data: Path, source: dict, repeat: int, keep: bool) -> dict:
+    """``repeat`` runs, each in a fresh work directory; medians of the times and sizes.
+
+    Peak RSS is the highest of all runs; the restore must be bit-identical in every run. A
+    run's directory is removed before the next one starts (outside the measurements), the
+    last one only without ``keep``.
+    """
+    runs = []
+    for i in range(repeat):
+        run = ToolRun(root / tool.name / f"run{i + 1}", data)
+        prepare(tool, run)
+        label = tool.name if repeat == 1 else f"{tool.name} ({i + 1}/{repeat})"
+        runs.append(bench_once(tool, run, source, label))
+        if i + 1 < repeat or not keep:
+            shutil.rmtree(run.work, ignore_errors=True)
+    result: dict = {key: statistics.median(r[key] for r in runs) for key in MEDIAN_KEYS}
+    differences = sorted({problem for r in runs for problem in r["differences"]})
+    result.update({
+        "peak_rss": max(r["peak_rss"] for r in runs),
+        "bit_identical": not differences, "differences": differences,
+        "runs": runs,
+    })
+    return result
 
 
 def fmt_value(value: float, unit: str) -> str:
@@ -161,12 +197,19 @@ def fmt_value(value: float, unit: str) -> str:
     return f"{value / 1e6:.0f} MB" if value >= 1e7 else f"{value / 1e6:.1f} MB"
 
 
+def _runs(repeat: int) -> str:
+    if repeat == 1:
+        return "one run per tool"
+    return f"median of {repeat} runs per tool (each in a fresh repository; peak RSS: the highest)"
+
+
 def render_table(report: dict) -> str:
     results = report["results"]
     peers = [name for name in PEERS if "error" not in results.get(name, {"error": 1})]
     lines = [
         (f"{report['size_mb']} MB mixed data set, {report['cpus']} CPUs, load average {report['load_before']:.2f} "
-         f"at start, all encrypted, warm page cache; ratio = value / best of {', '.join(peers) or 'no peer'}"),
+         f"at start, all encrypted, warm page cache, {_runs(report['repeat'])}; "
+         f"ratio = value / best of {', '.join(peers) or 'no peer'}"),
         "",
         "| tool | " + " | ".join(header for _, header, _, _ in METRICS) + " | restore check |",
         "|---" * (len(METRICS) + 2) + "|",
@@ -225,15 +268,16 @@ def main(argv: list[str] | None = None) -> int:
 def run_tools(args: argparse.Namespace, tools: list[Tool], skipped: dict[str, str], notes: list[str],
               data: Path, root: Path) -> int:
     """Set up, measure and check every tool with its work directory under ``root``."""
-    clear([root / tool.name for tool in tools])
+    clear([root / tool.name for tool in tools] + [root / "probe"])
     cairns = [t for t in tools if isinstance(t, Cairn)]
-    for cairn in cairns:
-        try:
-            prepare(cairn, ToolRun(root / cairn.name, data))
-        except CommandFailed as err:
-            sys.exit(f"bench: error: cannot set up {cairn.name}: {err}")
     if cairns:
-        unsupported = probe_cairn_pxar(cairns[0], ToolRun(root / cairns[0].name, data))
+        probe = ToolRun(root / "probe", data)
+        try:
+            prepare(cairns[0], probe)
+        except CommandFailed as err:
+            sys.exit(f"bench: error: cannot set up {cairns[0].name}: {err}")
+        unsupported = probe_cairn_pxar(cairns[0], probe)
+        shutil.rmtree(probe.work, ignore_errors=True)
         if unsupported:
             data, image_files = image_subset(data, args.work)
             for cairn in cairns:
@@ -253,7 +297,7 @@ def run_tools(args: argparse.Namespace, tools: list[Tool], skipped: dict[str, st
     print("hashing the source tree ...", file=sys.stderr, flush=True)
     source = tree_manifest(data)
     report = {
-        "size_mb": args.size_mb, "data": str(data), "cpus": os.cpu_count(), "load_before": load_before,
+        "size_mb": args.size_mb, "repeat": args.repeat, "data": str(data), "cpus": os.cpu_count(), "load_before": load_before,
         "machine": platform.machine(), "python": platform.python_version(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tools": [t.name for t in tools] + list(skipped), "versions": {t.name: t.version() for t in tools},
@@ -261,11 +305,8 @@ def run_tools(args: argparse.Namespace, tools: list[Tool], skipped: dict[str, st
     }
     failed = False
     for tool in tools:
-        run = ToolRun(root / tool.name, data)
         try:
-            if not isinstance(tool, Cairn):
-                prepare(tool, run)
-            result = bench_tool(tool, run, source)
+            result = bench_tool(tool, root, data, source, args.repeat, args.keep)
         except CommandFailed as err:
             result = {"error": f"failed: {err}"}
             failed = True

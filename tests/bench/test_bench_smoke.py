@@ -40,6 +40,8 @@ def test_bench_smoke_runs_cairn_and_checks_the_restore(tmp_path):
     assert result["bit_identical"] is True and result["differences"] == []
     for key in ("first_backup", "rebackup", "restore", "store_bytes", "peak_rss"):
         assert result[key] > 0
+    assert report["repeat"] == 1 and len(result["runs"]) == 1  # --smoke runs each tool once
+    assert result["runs"][0]["first_backup"] == result["first_backup"]
     # the restore was compared against the data set mkdata.py made
     assert (tmp_path / "data-24" / "images" / "vm-100-disk-0.raw").is_file()
     # repositories and restores went to a fresh file system when one can be made, gone afterwards
@@ -55,3 +57,10 @@ def test_bench_refuses_unknown_tools(tmp_path):
     assert proc.returncode == 2
     assert "unknown tools ['tar']" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_refuses_zero_repeats(tmp_path):
+    proc = subprocess.run([sys.executable, str(RUN), "--repeat", "0", "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "--repeat must be at least 1" in proc.stderr
