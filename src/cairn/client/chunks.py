@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 
 from cairn.datastore.chunk_store import ChunkStore
-from cairn.format.blob import Cipher, decode_blob, encode_blob_parts
+from cairn.format.blob import Cipher, decode_blob, encode_blob_parts, zstd_compress
 
 
 # Chunks up to this size are encrypted into a per-thread buffer. Larger ones are rare (and
@@ -63,12 +63,20 @@ class ChunkCodec:
         return self.zero_digest(len(data)) if data == zero else None
 
     def store(self, chunks: ChunkStore, data: bytes | memoryview) -> StoredChunk:
-        """Store ``data`` unless a chunk with its digest exists (then only mark it used)."""
+        """Store ``data`` unless a chunk with its digest exists (then only mark it used).
+
+        While the key is still being unlocked (the first fraction of a second of a backup)
+        the digest has to wait, so the chunk is compressed first: otherwise the worker
+        would sit idle. Should the chunk turn out to be stored already, that work is lost,
+        which the first chunks of a backup can afford.
+        """
+        cipher = self.cipher
+        packed = zstd_compress(data) if cipher is not None and not getattr(cipher, "ready", True) else None
         digest = self._zero_block_digest(data) or self.digest(data)
         if chunks.touch(digest):
             return StoredChunk(digest, len(data), 0)
         scratch = self._scratch() if len(data) <= _SCRATCH_SIZE else None
-        header, body = encode_blob_parts(data, self.cipher, scratch=scratch)
+        header, body = encode_blob_parts(data, cipher, scratch=scratch, packed=packed)
         written = len(header) + len(body) if chunks.insert(digest, header, body) else 0
         return StoredChunk(digest, len(data), written)
 

@@ -203,6 +203,12 @@ class DeferredCipher:
                 cipher = self._cipher
         return cipher
 
+    @property
+    def ready(self) -> bool:
+        """True once the key is unlocked (or failed to): using it will not wait."""
+        unlocking = self._source._unlocking
+        return self._cipher is not None or unlocking is None or not unlocking.is_alive()
+
     def __getattr__(self, name: str):
         return getattr(self.resolve(), name)
 

@@ -108,19 +108,22 @@ def encode_blob_parts(
     cipher: Cipher | None = None,
     compress: bool = True,
     scratch: bytearray | memoryview | None = None,
+    packed: bytes | None = None,
 ) -> tuple[bytes, bytes | memoryview]:
     """A blob's header and body, to be written one after the other (``writev``).
 
     With a cipher and a ``scratch`` buffer (``len(data) + 15`` bytes or more), the
     ciphertext is written into ``scratch`` and the body is a view of it; the caller must
-    use the body before reusing the buffer.
+    use the body before reusing the buffer. ``packed`` is ``zstd_compress(data)`` when the
+    caller already has it.
     """
     if len(data) > MAX_BLOB_SIZE:
         raise FormatError(f"data blob too large ({len(data)} bytes, limit {MAX_BLOB_SIZE})")
     payload: bytes | memoryview = data
     compressed = False
     if compress:
-        packed = zstd_compress(data)
+        if packed is None:
+            packed = zstd_compress(data)
         if len(packed) < len(data):
             payload, compressed = packed, True
     if cipher is not None:
