@@ -470,6 +470,37 @@ def test_decoder_verifies_goodbye_records():
             decode(bytes(bad))
 
 
+def test_decoder_without_goodbye_checks_reads_past_damaged_records_but_not_bad_framing():
+    """What a restore uses: the entries come out although a goodbye record is wrong, while a
+    table that is not a whole number of records still stops the decoder."""
+    data = three_fifos()
+    table = len(data) - 24 * 4
+    bad = bytearray(data)
+    struct.pack_into("<Q", bad, table + 8, struct.unpack_from("<Q", bad, table + 8)[0] + 1)
+    with pytest.raises(FormatError, match="no entry"):
+        decode(bytes(bad))
+    names = [e.name for e in Decoder(io.BytesIO(bytes(bad)).read, check_goodbye=False)]
+    assert names == [b"", b"a", b"b", b"c"]
+
+    framed = entry(S_IFDIR) + hdr(c.PXAR_GOODBYE, 30) + bytes(30)
+    with pytest.raises(FormatError, match="whole number of records"):
+        list(Decoder(io.BytesIO(framed).read, check_goodbye=False))
+
+
+def test_decoder_without_goodbye_checks_takes_names_in_any_order_but_not_twice():
+    """PBS appends a root's .pxarexclude-cli after the sorted names, so order is not
+    required; a name given twice in one directory still stops the decoder."""
+    data = three_fifos()
+    filename = hdr(c.PXAR_FILENAME, 2) + b"c\0"
+    assert data.count(filename) == 1
+    unsorted = data.replace(filename, hdr(c.PXAR_FILENAME, 2) + b"0\0")
+    names = [e.name for e in Decoder(io.BytesIO(unsorted).read, check_goodbye=False)]
+    assert names == [b"", b"a", b"b", b"0"]
+    twice = data.replace(filename, hdr(c.PXAR_FILENAME, 2) + b"a\0")
+    with pytest.raises(FormatError, match="appears twice"):
+        list(Decoder(io.BytesIO(twice).read, check_goodbye=False))
+
+
 def test_content_reading_usage_errors():
     out = bytearray()
     enc = Encoder(out.extend, DIR)

@@ -211,7 +211,7 @@ def _walk_stream(
     decoded chunks themselves (see ``StreamReader``), not copies.
     """
     payload_read = StreamReader(payload.stream()).read if payload is not None else None
-    decoder = Decoder(StreamReader(reader.stream()).read, payload_read)
+    decoder = Decoder(StreamReader(reader.stream()).read, payload_read, check_goodbye=False)
     # Per open directory: [bound PathNode or None, its entry's parent node, its name, the
     # match state outside it]. The decoder has no "directory ends" event, so the end of a
     # directory shows as an entry whose parent is further up.
