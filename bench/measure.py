@@ -76,6 +76,25 @@ def tree_manifest(root: Path) -> dict[str, tuple]:
     return found
 
 
+def read_through(root: Path, block: int = 1 << 20) -> int:
+    """Read every regular file below ``root`` once (into the page cache); returns the bytes.
+
+    borg drops what it has read from the page cache (``posix_fadvise(DONTNEED)``), so
+    after a borg backup the data set would be read from disk by whatever comes next.
+    """
+    buf = bytearray(block)
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            with open(path, "rb", buffering=0) as f:
+                while n := f.readinto(buf):
+                    total += n
+    return total
+
+
 def tree_differences(expected: dict[str, tuple], actual: dict[str, tuple], limit: int = 5) -> list[str]:
     """Human-readable differences between two tree manifests (empty when bit-identical)."""
     problems = []

@@ -10,8 +10,10 @@ restore of the first snapshot; the restored tree is compared with the source (ev
 size and SHA-256, every symlink and directory) and any difference fails the run. The table
 gives each measurement absolute and as a ratio to the best of the peers (restic, borg);
 a JSON copy goes to WORK/results.json. Every tool runs ``--repeat`` times (default 3), each
-time in a fresh repository, and the table shows the median of each measurement. Measurements run with a warm page cache, each after a
-sync (nothing of the step before is still being written back).
+time in a fresh repository, and the table shows the median of each measurement.
+Measurements run with a warm page cache (the data set is read through before every backup:
+borg evicts what it reads) and each after a sync (nothing of the step before is still being
+written back). Repositories and restores go to a fresh ext4 made for the run (see scratch.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from measure import CommandFailed, store_bytes, tree_differences, tree_manifest
+from measure import CommandFailed, read_through, store_bytes, tree_differences, tree_manifest
 from scratch import fresh_filesystem
 from tools import Borg, Cairn, Restic, Tool, ToolRun, probe_cairn_pxar
 
@@ -131,13 +133,17 @@ def clear(work_dirs: list[Path]) -> None:
     os.sync()
 
 
-def settle() -> None:
-    """Start a measurement with nothing left to write back from the one before.
+def settle(data: Path | None = None) -> None:
+    """Start a measurement with nothing left to write back from the one before, and with
+    the data set ``data`` (when given) in the page cache.
 
     A restore leaves a gigabyte of dirty pages that the kernel writes back for seconds
-    afterwards, on the same two cores: without this the next tool's first backup pays for
-    the previous tool's restore.
+    afterwards, on the same two cores: without the sync the next tool's first backup pays
+    for the previous tool's restore. And borg evicts the files it reads from the page cache,
+    so without reading them again every backup after a borg backup would read the disk.
     """
+    if data is not None:
+        read_through(data)
     os.sync()
     time.sleep(SETTLE_SECONDS)
 
@@ -145,10 +151,10 @@ def settle() -> None:
 def bench_once(tool: Tool, run: ToolRun, source: dict, label: str) -> dict:
     """First backup, unchanged re-backup and restore in the fresh repository of ``run``."""
     print(f"{label}: first backup ...", file=sys.stderr, flush=True)
-    settle()
+    settle(run.data)
     first = tool.backup(run, 1)
     print(f"{label}: unchanged re-backup ...", file=sys.stderr, flush=True)
-    settle()
+    settle(run.data)
     second = tool.backup(run, 2)
     print(f"{label}: full restore ...", file=sys.stderr, flush=True)
     settle()
