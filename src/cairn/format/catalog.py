@@ -117,8 +117,13 @@ class CatalogItem(NamedTuple):
 # -- variable-length integers -----------------------------------------------------------
 
 
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
+
+
 def encode_u64(value: int) -> bytes:
     """Encode an unsigned 64-bit value as PBS's catalog varint."""
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]  # name lengths, entry counts: most values
     if not 0 <= value < _U64_LIMIT:
         raise FormatError(f"catalog: {value} does not fit an unsigned 64-bit varint")
     out = bytearray()
@@ -194,6 +199,9 @@ def _check_name(name: bytes) -> None:
 # -- writer -----------------------------------------------------------------------------
 
 
+_KIND_BYTES = {kind: kind.value.encode() for kind in EntryType}
+
+
 class _OpenDirectory:
     """A directory whose entries are still being collected.
 
@@ -245,7 +253,7 @@ class CatalogWriter:
     def _add(self, kind: EntryType, name: bytes, payload: bytes = b"") -> None:
         current = self._current()
         _check_name(name)
-        head = kind.value.encode() + encode_u64(len(name)) + name + payload
+        head = _KIND_BYTES[kind] + encode_u64(len(name)) + name + payload
         current.entries.append((head, None))
 
     def start_directory(self, name: bytes) -> None:
