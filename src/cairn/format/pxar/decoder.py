@@ -284,20 +284,21 @@ class Decoder:
         end = self._src.position
         return end, end + (parsed.size if parsed.payload_offset is not None else 0)
 
-    def _skip_goodbye(self, size: int, at: int) -> None:
-        """Step over a goodbye table, checking only that it is a whole number of records."""
+    @staticmethod
+    def _check_goodbye_framing(size: int, at: int) -> None:
         if size < GOODBYE_ITEM_SIZE or size % GOODBYE_ITEM_SIZE:
             raise fail(
                 at, PXAR_GOODBYE, f"table size {size} is not a whole number of records"
             )
+
+    def _skip_goodbye(self, size: int, at: int) -> None:
+        """Step over a goodbye table, checking only that it is a whole number of records."""
+        self._check_goodbye_framing(size, at)
         self._src.skip(size)
 
     def _check_goodbye(self, directory: _Directory, size: int, at: int) -> None:
         """Stream through a goodbye table and check every record against the entries."""
-        if size < GOODBYE_ITEM_SIZE or size % GOODBYE_ITEM_SIZE:
-            raise fail(
-                at, PXAR_GOODBYE, f"table size {size} is not a whole number of records"
-            )
+        self._check_goodbye_framing(size, at)
         count = len(directory.offsets)
         if size // GOODBYE_ITEM_SIZE - 1 != count:
             raise fail(
