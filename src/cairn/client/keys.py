@@ -153,6 +153,11 @@ class KeySource:
         """True while (or after) :meth:`unlock_in_background` derives the key on its thread."""
         return self._unlocking is not None
 
+    @property
+    def deriving(self) -> bool:
+        """True while :meth:`unlock_in_background`'s thread is still deriving the key."""
+        return self._unlocking is not None and self._unlocking.is_alive()
+
     def unlock(self) -> CryptConfig:
         """The unlocked key, waiting for :meth:`unlock_in_background` if it was started."""
         if self._unlocking is not None:
@@ -205,9 +210,8 @@ class DeferredCipher:
 
     @property
     def ready(self) -> bool:
-        """True once the key is unlocked (or failed to): using it will not wait."""
-        unlocking = self._source._unlocking
-        return self._cipher is not None or unlocking is None or not unlocking.is_alive()
+        """False while the key is still being derived on its thread (using it would wait)."""
+        return self._cipher is not None or not self._source.deriving
 
     def __getattr__(self, name: str):
         return getattr(self.resolve(), name)
