@@ -1,3 +1,3 @@
-from cairn.cli.main import entry
+from cairn.cli.launch import entry
 
 entry()

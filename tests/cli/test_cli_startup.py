@@ -197,3 +197,75 @@ def test_passphrase_prompt_on_a_terminal_comes_before_any_output(store_path, key
     assert proc.returncode == 0, after
     assert stdout.decode().strip() == "host/typed/1970-01-01T00:16:40Z"
     assert b"snapshot host/typed" in after
+
+
+@pytest.fixture(scope="module")
+def scrypt_keyfile(tmp_path_factory, key_env) -> Path:
+    path = tmp_path_factory.mktemp("skeys") / "scrypt.json"
+    run_cairn("key", "create", str(path), env=key_env)  # PBS's default: scrypt, n=65536
+    assert "Scrypt" in json.loads(path.read_text())["kdf"]
+    return path
+
+
+def _started(monkeypatch, args: list[str], env: dict) -> list[tuple]:
+    """Which derivations ``start_key_derivation(args)`` starts (nothing is computed)."""
+    from cairn.cli import launch
+
+    for name in ("CAIRN_ENCRYPTION_PASSWORD", "PBS_ENCRYPTION_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    seen: list[tuple] = []
+    monkeypatch.setattr(launch.kdf_memo, "start_scrypt", lambda *inputs: seen.append(inputs))
+    assert launch.start_key_derivation(args) == bool(seen)
+    return seen
+
+
+def test_the_key_files_scrypt_is_started_before_the_command_line_loads(monkeypatch, scrypt_keyfile):
+    from cairn.format.keyfile import KeyConfig
+
+    kdf = KeyConfig.from_json(scrypt_keyfile.read_bytes()).kdf
+    env = {"PBS_ENCRYPTION_PASSWORD": PASS}
+    for args in (["backup", "root.pxar:/etc", "--keyfile", str(scrypt_keyfile)],
+                 ["--debug", "restore", "host/a/2026-01-01T00:00:00Z", "root.pxar", "/t", f"--keyfile={scrypt_keyfile}"]):
+        assert _started(monkeypatch, args, env) == [(PASS.encode(), kdf.salt, kdf.n, kdf.r, kdf.p, 32)]
+
+
+def test_no_early_scrypt_when_the_command_may_not_use_it(monkeypatch, scrypt_keyfile, keyfile, tmp_path):
+    env = {"CAIRN_ENCRYPTION_PASSWORD": PASS}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kdf": {"Scrypt": {"n": "many"}}}')
+    for args, env_used in (
+        (["key", "show", "--keyfile", str(scrypt_keyfile)], env),  # not a command that unlocks
+        (["backup", "x.pxar:/etc", "--keyfile", str(scrypt_keyfile)], {}),  # no passphrase given
+        (["backup", "x.pxar:/etc", "--keyfile", str(scrypt_keyfile), "--passphrase-fd", "3"], env),
+        (["backup", "x.pxar:/etc", "--keyfd", "3"], env),
+        (["backup", "x.pxar:/etc", "--keyfile", str(keyfile)], env),  # PBKDF2: nothing to win
+        (["backup", "x.pxar:/etc", "--keyfile", str(tmp_path / "missing.json")], env),
+        (["backup", "x.pxar:/etc", "--keyfile", str(bad)], env),
+    ):
+        assert _started(monkeypatch, args, env_used) == [], args
+
+
+def test_backup_and_restore_with_an_early_scrypt_key_and_a_wrong_passphrase(store_path, scrypt_keyfile, conf,
+                                                                            key_env, tmp_path):
+    run_cairn("backup", f"vm.conf:{conf}", "--keyfile", str(scrypt_keyfile), "--repository", str(store_path),
+              "--backup-id", "early", "--backup-time", "1000", env=key_env)
+    out = run_cairn("restore", "host/early/1970-01-01T00:16:40Z", "vm.conf", "-", "--keyfile", str(scrypt_keyfile),
+                    "--repository", str(store_path), env=key_env)
+    assert out.stdout == conf.read_bytes()
+    r = run_cairn("restore", "host/early/1970-01-01T00:16:40Z", "vm.conf", str(tmp_path / "out.conf"),
+                  "--keyfile", str(scrypt_keyfile), "--repository", str(store_path),
+                  env={**key_env, "CAIRN_ENCRYPTION_PASSWORD": "not the passphrase"}, check=False)
+    assert_one_line_error(r, "wrong passphrase")
+    assert not (tmp_path / "out.conf").exists()
+
+
+def test_the_entry_point_starts_scrypt_before_importing_anything_heavy():
+    code = ("import json, sys\nimport cairn.cli.launch\n"
+            "print(json.dumps(sorted(sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    modules = set(json.loads(proc.stdout))
+    assert not {m for m in modules if m.split(".")[0] in ("click", "cryptography", "zstandard", "rich")}
+    assert not {m for m in modules if m.startswith("cairn.")} - {
+        "cairn.cli", "cairn.cli.launch", "cairn.client", "cairn.client.allocator", "cairn.format", "cairn.format.kdf_memo"}

@@ -39,6 +39,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cairn.errors import CryptError, FormatError, IntegrityError, UsageError
+from cairn.format import kdf_memo
 from cairn.format.crypt import (
     IV_SIZE,
     KEY_SIZE,
@@ -57,8 +58,6 @@ KdfName = Literal["none", "scrypt", "pbkdf2"]
 MIN_PASSPHRASE_LEN = 5
 #: PBS's PASSWORD_HINT_SCHEMA: one line of 1 to 64 characters.
 MAX_HINT_LEN = 64
-#: The memory cap PBS hands OpenSSL's scrypt (1025 MiB); it also bounds hostile parameters.
-SCRYPT_MAXMEM = 1025 * 1024 * 1024
 _SALT_SIZE = 32
 _U64_MAX = 2**64 - 1
 
@@ -82,15 +81,7 @@ class ScryptParams:
     def derive(self, passphrase: bytes) -> bytes:
         """The 32-byte AES key that locks the key file."""
         try:
-            return hashlib.scrypt(
-                passphrase,
-                salt=self.salt,
-                n=self.n,
-                r=self.r,
-                p=self.p,
-                maxmem=SCRYPT_MAXMEM,
-                dklen=KEY_SIZE,
-            )
+            return kdf_memo.scrypt(passphrase, self.salt, self.n, self.r, self.p, KEY_SIZE)
         except (ValueError, OverflowError) as err:
             raise FormatError(f"key file has unusable scrypt parameters: {err}") from None
 
