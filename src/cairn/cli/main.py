@@ -13,7 +13,6 @@ import errno
 import gc
 import importlib
 import sys
-import traceback
 
 import click
 
@@ -128,18 +127,24 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except OSError as err:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         click.echo(f"cairn: error: {_os_error_line(err)}", err=True)
         return 1
     except Exception as err:  # a bug: say so in one line, details on request
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         click.echo(
             f"cairn: internal error: {type(err).__name__}: {err} (rerun with --debug for details)",
             err=True,
         )
         return 70
     return 0
+
+
+def _print_traceback() -> None:
+    import traceback  # only on errors with --debug: it costs 6 ms to import
+
+    traceback.print_exc()
 
 
 def entry() -> None:
