@@ -15,7 +15,8 @@ MIB = 1024 * 1024
 
 @pytest.mark.parametrize("encrypted", [False, True])
 @pytest.mark.parametrize("block", [bytes(4 * MIB), bytes(12345), b"\0" * (4 * MIB - 1) + b"\1",
-                                   b"\1" + bytes(4 * MIB - 1), os.urandom(4096)])
+                                   b"\1" + bytes(4 * MIB - 1), bytes(2 * MIB) + b"\1" + bytes(2 * MIB),
+                                   os.urandom(4096)])
 def test_stored_digest_is_the_content_digest(store, encrypted, block):
     cipher = CryptConfig(hashlib.sha256(b"codec test key").digest()) if encrypted else None
     codec = ChunkCodec(cipher)
