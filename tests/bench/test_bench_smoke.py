@@ -64,3 +64,17 @@ def test_bench_refuses_zero_repeats(tmp_path):
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "--repeat must be at least 1" in proc.stderr
+
+
+def test_without_root_there_is_no_scratch_file_system_and_nothing_is_left(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import scratch
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    monkeypatch.setattr(scratch.os, "geteuid", lambda: 1000)
+    with pytest.raises(OSError, match="not root"):
+        with scratch.fresh_filesystem(tmp_path, 24):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
