@@ -80,6 +80,25 @@ def fresh_store(tmp_path: Path) -> Datastore:
     return Datastore.create(tmp_path / "fresh-store")
 
 
+#: The passphrase of the CLI tests' keys (given through the environment).
+PASSPHRASE = "correct horse"
+
+
+@pytest.fixture(scope="module")
+def key_env(tmp_path_factory) -> dict:
+    """A config home of its own and the key passphrase, for ``run_cairn(..., env=)``."""
+    home = tmp_path_factory.mktemp("home")
+    return {"XDG_CONFIG_HOME": str(home / "config"), "CAIRN_ENCRYPTION_PASSWORD": PASSPHRASE}
+
+
+@pytest.fixture(scope="module")
+def keyfile(tmp_path_factory, key_env) -> Path:
+    """A key file made by ``cairn key create`` (PBKDF2: quick to unlock)."""
+    path = tmp_path_factory.mktemp("keys") / "key.json"
+    run_cairn("key", "create", str(path), "--kdf", "pbkdf2", env=key_env)
+    return path
+
+
 def make_image(path: Path, size_mib: int = 96, tail: int = 12345, seed: int = 7) -> bytes:
     """A disk-like image: zero runs, repeated blocks, random data and an odd tail."""
     import random

@@ -10,27 +10,20 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from conftest import MIB, assert_one_line_error, run_cairn
+from conftest import PASSPHRASE as PASS
+
 from cairn.format import blob as blobfmt
 from cairn.format.index import FixedIndex
 
 T0 = 1795312800
-PASS = "correct horse"
 MARKER = b"CAIRN-PLAINTEXT-MARKER-4711"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    home = tmp_path_factory.mktemp("home")
-    return {"XDG_CONFIG_HOME": str(home / "config"), "CAIRN_ENCRYPTION_PASSWORD": PASS}
-
-
-@pytest.fixture(scope="module")
-def keyfile(tmp_path_factory, env) -> Path:
-    path = tmp_path_factory.mktemp("keys") / "key.json"
-    run_cairn("key", "create", str(path), "--kdf", "pbkdf2", env=env)
-    return path
+def env(key_env) -> dict:
+    """This module's name for conftest's ``key_env`` (which ``keyfile`` is made with)."""
+    return key_env
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import click
 import pytest
-
+from conftest import PASSPHRASE as PASS
 from conftest import assert_one_line_error, run_cairn
-from cairn.cli import main as cli_main
 
-PASS = "correct horse"
+from cairn.cli import main as cli_main
 
 
 def _modules_after(*args: str) -> tuple[str, set[str]]:
@@ -78,19 +77,6 @@ def test_backup_and_restore_help_import_only_what_they_need(command):
 
 def test_unknown_command_is_one_line():
     assert_one_line_error(run_cairn("no-such-command", check=False), "No such command")
-
-
-@pytest.fixture(scope="module")
-def key_env(tmp_path_factory) -> dict:
-    home = tmp_path_factory.mktemp("home")
-    return {"XDG_CONFIG_HOME": str(home / "config"), "CAIRN_ENCRYPTION_PASSWORD": PASS}
-
-
-@pytest.fixture(scope="module")
-def keyfile(tmp_path_factory, key_env) -> Path:
-    path = tmp_path_factory.mktemp("keys") / "key.json"
-    run_cairn("key", "create", str(path), "--kdf", "pbkdf2", env=key_env)
-    return path
 
 
 @pytest.fixture(scope="module")
