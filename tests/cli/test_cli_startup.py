@@ -254,4 +254,5 @@ def test_the_entry_point_starts_scrypt_before_importing_anything_heavy():
     modules = set(json.loads(proc.stdout))
     assert not {m for m in modules if m.split(".")[0] in ("click", "cryptography", "zstandard", "rich")}
     assert not {m for m in modules if m.startswith("cairn.")} - {
-        "cairn.cli", "cairn.cli.launch", "cairn.client", "cairn.client.allocator", "cairn.format", "cairn.format.kdf_memo"}
+        "cairn.background", "cairn.cli", "cairn.cli.launch", "cairn.client", "cairn.client.allocator", "cairn.format",
+        "cairn.format.kdf_memo"}

@@ -145,7 +145,3 @@ def _print_traceback() -> None:
     import traceback  # only on errors with --debug: it costs 6 ms to import
 
     traceback.print_exc()
-
-
-def entry() -> None:
-    sys.exit(main())

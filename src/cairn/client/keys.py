@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cairn.background import Background
 from cairn.datastore.fsutil import replace_file
 from cairn.errors import CryptError, FormatError, UsageError
 from cairn.format.crypt import CryptConfig
@@ -93,32 +94,6 @@ def write_key_config(path: Path, config: KeyConfig, overwrite: bool = False) -> 
     replace_file(path, config.to_json().encode() + b"\n", mode=0o600)
 
 
-class _Unlocking(threading.Thread):
-    """A key file's KDF running on its own thread; :meth:`key` waits and re-raises its error.
-
-    A daemon thread: a command that fails, or turns out not to need the key, exits at once.
-    """
-
-    def __init__(self, config: KeyConfig, passphrase: bytes) -> None:
-        super().__init__(name="cairn-unlock", daemon=True)
-        self._config = config
-        self._passphrase = passphrase
-        self._key: bytes | None = None
-        self._error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._key, _, _ = self._config.decrypt(self._passphrase)
-        except BaseException as err:  # raised again by key(), in the command's thread
-            self._error = err
-
-    def key(self) -> bytes:
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return self._key
-
-
 @dataclass
 class KeySource:
     """A key not yet unlocked: unlocking may prompt, so it happens only when needed."""
@@ -126,7 +101,8 @@ class KeySource:
     config: KeyConfig
     origin: str
     passphrase_fd: int | None = None
-    _unlocking: _Unlocking | None = field(default=None, init=False, repr=False)
+    # The key being unlocked by unlock_in_background (its error waits for unlock()).
+    _unlocking: Background | None = field(default=None, init=False, repr=False)
 
     def unlock_in_background(self) -> None:
         """Start unlocking on a thread when the passphrase is given (descriptor or environment).
@@ -145,7 +121,8 @@ class KeySource:
         except UsageError:  # unlock() reads the descriptor again and reports it
             return
         if passphrase is not None:
-            self._unlocking = _Unlocking(self.config, passphrase)
+            config = self.config
+            self._unlocking = Background("cairn-unlock", lambda: config.decrypt(passphrase))
             self._unlocking.start()
 
     @property
@@ -161,7 +138,7 @@ class KeySource:
     def unlock(self) -> CryptConfig:
         """The unlocked key, waiting for :meth:`unlock_in_background` if it was started."""
         if self._unlocking is not None:
-            return CryptConfig(self._unlocking.key())
+            return CryptConfig(self._unlocking.result()[0])
         passphrase = None
         if self.config.needs_passphrase:
             passphrase = read_passphrase(f"Encryption key password ({self.origin}): ", self.passphrase_fd)

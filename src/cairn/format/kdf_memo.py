@@ -16,27 +16,13 @@ from __future__ import annotations
 import hashlib
 import threading
 
+from cairn.background import Background
+
 #: The memory cap PBS hands OpenSSL's scrypt (1025 MiB); it also bounds hostile parameters.
 SCRYPT_MAXMEM = 1025 * 1024 * 1024
 
 _Inputs = tuple[bytes, bytes, int, int, int, int]  # passphrase, salt, n, r, p, dklen
-
-
-class _Derivation(threading.Thread):
-    def __init__(self, inputs: _Inputs) -> None:
-        super().__init__(name="cairn-kdf", daemon=True)
-        self.inputs = inputs
-        self.key: bytes | None = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.key = _derive(self.inputs)
-        except BaseException as err:  # raised again by scrypt(), in the caller's thread
-            self.error = err
-
-
-_started: dict[_Inputs, _Derivation] = {}
+_started: dict[_Inputs, Background] = {}
 _lock = threading.Lock()
 
 
@@ -51,7 +37,7 @@ def start_scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int, dklen: 
     with _lock:
         if inputs in _started:
             return
-        derivation = _started[inputs] = _Derivation(inputs)
+        derivation = _started[inputs] = Background("cairn-kdf", lambda: _derive(inputs))
     derivation.start()
 
 
@@ -62,8 +48,4 @@ def scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int, dklen: int) -
         derivation = _started.pop(inputs, None)
     if derivation is None:
         return _derive(inputs)
-    derivation.join()
-    if derivation.error is not None:
-        raise derivation.error
-    assert derivation.key is not None
-    return derivation.key
+    return derivation.result()
