@@ -208,13 +208,18 @@ def _started(monkeypatch, args: list[str], env: dict) -> list[tuple]:
 
 
 def test_the_key_files_scrypt_is_started_before_the_command_line_loads(monkeypatch, scrypt_keyfile):
+    from cairn.cli import launch
+    from cairn.client.keys import PASSPHRASE_ENV
+    from cairn.format.crypt import KEY_SIZE
     from cairn.format.keyfile import KeyConfig
 
+    # launch keeps its own copies (importing these modules is what it must not do)
+    assert launch._PASSPHRASE_ENV == PASSPHRASE_ENV
     kdf = KeyConfig.from_json(scrypt_keyfile.read_bytes()).kdf
     env = {"PBS_ENCRYPTION_PASSWORD": PASS}
     for args in (["backup", "root.pxar:/etc", "--keyfile", str(scrypt_keyfile)],
                  ["--debug", "restore", "host/a/2026-01-01T00:00:00Z", "root.pxar", "/t", f"--keyfile={scrypt_keyfile}"]):
-        assert _started(monkeypatch, args, env) == [(PASS.encode(), kdf.salt, kdf.n, kdf.r, kdf.p, 32)]
+        assert _started(monkeypatch, args, env) == [(PASS.encode(), kdf.salt, kdf.n, kdf.r, kdf.p, KEY_SIZE)]
 
 
 def test_no_early_scrypt_when_the_command_may_not_use_it(monkeypatch, scrypt_keyfile, keyfile, tmp_path):
