@@ -99,6 +99,45 @@ def keyfile(tmp_path_factory, key_env) -> Path:
     return path
 
 
+class GatedKey:
+    """A key whose background unlock waits until ``open()``: what a backup sees during the
+    fraction of a second scrypt takes, made as long as a test needs. ``open(fail=True)``
+    makes the unlock fail as a wrong passphrase does."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, key: bytes) -> None:
+        import dataclasses
+        import threading
+
+        from cairn.client.keys import DeferredCipher, KeySource
+        from cairn.errors import CryptError
+        from cairn.format.keyfile import Pbkdf2Params, create_key_config
+
+        self.key = key
+        self.gate = threading.Event()
+        self._fail = False
+        gate, outer = self.gate, self
+
+        @dataclasses.dataclass(frozen=True)
+        class GatedKdf:
+            inner: Pbkdf2Params
+
+            def derive(self, passphrase: bytes) -> bytes:
+                assert gate.wait(60)
+                if outer._fail:
+                    raise CryptError("unable to decrypt key (wrong passphrase?)")
+                return self.inner.derive(passphrase)
+
+        monkeypatch.setenv("CAIRN_ENCRYPTION_PASSWORD", "gated-pw")
+        config = create_key_config(key, b"gated-pw", Pbkdf2Params(salt=b"s" * 32, iterations=1000))
+        self.source = KeySource(dataclasses.replace(config, kdf=GatedKdf(config.kdf)), "test")
+        self.source.unlock_in_background()
+        self.cipher = DeferredCipher(self.source)
+
+    def open(self, fail: bool = False) -> None:
+        self._fail = fail
+        self.gate.set()
+
+
 def make_image(path: Path, size_mib: int = 96, tail: int = 12345, seed: int = 7) -> bytes:
     """A disk-like image: zero runs, repeated blocks, random data and an odd tail."""
     import random

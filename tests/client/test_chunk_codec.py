@@ -7,7 +7,10 @@ import os
 
 import pytest
 
+from conftest import GatedKey
+
 from cairn.client.chunks import ChunkCodec
+from cairn.format.blob import zstd_compress
 from cairn.format.crypt import CryptConfig
 
 MIB = 1024 * 1024
@@ -36,36 +39,20 @@ def test_zero_blocks_of_changing_sizes(store):
 def test_chunks_are_compressed_while_the_key_unlocks_and_stored_as_usual(store, monkeypatch):
     """A worker that gets a chunk before the key is unlocked compresses it first (instead
     of idling until the digest can be made); the chunk it stores is the usual one."""
-    import dataclasses
     import threading
 
     from cairn.client import chunks as chunks_module
-    from cairn.client.keys import DeferredCipher, KeySource
-    from cairn.format.keyfile import Pbkdf2Params, create_key_config
 
-    key = hashlib.sha256(b"deferred").digest()
-    gate, compressed_before_key = threading.Event(), []
-
-    @dataclasses.dataclass(frozen=True)
-    class GatedKdf:
-        inner: Pbkdf2Params
-
-        def derive(self, passphrase: bytes) -> bytes:
-            assert gate.wait(60)
-            return self.inner.derive(passphrase)
-
+    gated = GatedKey(monkeypatch, hashlib.sha256(b"deferred").digest())
+    compressed_before_key = []
     real_compress = chunks_module.zstd_compress
 
     def watched_compress(data):
-        compressed_before_key.append(not gate.is_set())
+        compressed_before_key.append(not gated.gate.is_set())
         return real_compress(data)
 
     monkeypatch.setattr(chunks_module, "zstd_compress", watched_compress)
-    monkeypatch.setenv("CAIRN_ENCRYPTION_PASSWORD", "deferred-pw")
-    config = create_key_config(key, b"deferred-pw", Pbkdf2Params(salt=b"s" * 32, iterations=1000))
-    source = KeySource(dataclasses.replace(config, kdf=GatedKdf(config.kdf)), "test")
-    source.unlock_in_background()
-    cipher = DeferredCipher(source)
+    cipher = gated.cipher
     assert not cipher.ready
     data = b"text that compresses well " * 40000
     result = []
@@ -73,9 +60,24 @@ def test_chunks_are_compressed_while_the_key_unlocks_and_stored_as_usual(store, 
     worker.start()
     worker.join(0.5)
     assert worker.is_alive() and compressed_before_key == [True]  # compressed, now waits for the key
-    gate.set()
+    gated.open()
     worker.join(60)
     assert cipher.ready
-    ready_codec = ChunkCodec(CryptConfig(key))
+    ready_codec = ChunkCodec(CryptConfig(gated.key))
     assert result[0].digest == ready_codec.digest(data) and result[0].new_bytes > 0
     assert ready_codec.load(store.chunks, result[0].digest) == data
+
+
+@pytest.mark.parametrize("block", [bytes(3 * MIB), os.urandom(MIB), b"log line 42\n" * 100000])
+def test_prepared_then_finished_is_the_same_chunk(store, block):
+    """prepare (no key needed) + finish stores what store does: same digest, same data."""
+    cipher = CryptConfig(hashlib.sha256(b"prepare test key").digest())
+    codec = ChunkCodec(cipher)
+    prepared = codec.prepare(block)
+    assert prepared.zero == (not any(block))
+    assert (prepared.packed is None) == (len(zstd_compress(block)) >= len(block))
+    stored = codec.finish(store.chunks, block, prepared)
+    assert stored.digest == cipher.compute_digest(block) and stored.size == len(block)
+    assert codec.load(store.chunks, stored.digest) == block
+    assert codec.store(store.chunks, block) == type(stored)(stored.digest, len(block), 0)
+

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from conftest import taken
+from conftest import GatedKey, taken
 from pyfastcdc import FastCDC
 
 from cairn.client.chunks import ChunkCodec
@@ -17,7 +17,8 @@ from cairn.client.pxar.index_sink import IndexSink
 from cairn.client.pxar.reuse import ReusedChunk
 from cairn.datastore.names import GroupName, Namespace
 from cairn.datastore.writer import BackupWriter
-from cairn.errors import IntegrityError, StoreError
+from cairn.errors import CryptError, IntegrityError, StoreError
+from cairn.format.crypt import CryptConfig
 from cairn.format.index import DynamicIndex
 
 MIB = 1 << 20
@@ -30,9 +31,9 @@ def data() -> bytes:
     return rng.randbytes(40 * MIB) + bytes(18 * MIB) + rng.randbytes(5 * MIB + 3)
 
 
-def index_chunks(store, writer: BackupWriter, archive: str) -> list[bytes]:
+def index_chunks(store, writer: BackupWriter, archive: str, codec: ChunkCodec | None = None) -> list[bytes]:
     index = DynamicIndex((writer.path / archive).read_bytes())
-    codec = ChunkCodec()
+    codec = codec or ChunkCodec()
     return [codec.load(store.chunks, index.digest(i)) for i in range(len(index))]
 
 
@@ -168,3 +169,97 @@ def test_the_caller_cannot_run_ahead_of_stuck_workers(store):
         producer.join()
         assert sink.close("none") == 400 * MIB
         writer.finish()
+
+
+class _CountingCodec(ChunkCodec):
+    """Counts the chunks prepared (hashed and compressed without the key) and stored."""
+
+    def __init__(self, cipher) -> None:
+        super().__init__(cipher)
+        self.prepared: list[int] = []
+        self.written = 0
+
+    def prepare(self, data):
+        result = super().prepare(data)
+        self.prepared.append(len(data))
+        return result
+
+    def _write(self, *args, **kwargs):
+        self.written += 1
+        return super()._write(*args, **kwargs)
+
+
+def _write_all(sink: IndexSink, data: bytes, progress: list[int], errors: list[BaseException]) -> None:
+    try:
+        for start in range(0, len(data), MIB):
+            sink.write(data[start : start + MIB])
+            progress[0] = start + MIB
+    except BaseException as error:  # the caller's thread gets the pipeline's failure
+        errors.append(error)
+
+
+def _wait_until_blocked(progress: list[int]) -> None:
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() - stable_since < 1.0:
+        if progress[0] != last:
+            last, stable_since = progress[0], time.monotonic()
+        time.sleep(0.05)
+
+
+def test_chunks_are_prepared_while_the_key_unlocks(store, data, monkeypatch):
+    """While the key is still being unlocked the workers hash and compress chunk after chunk
+    (bounded) instead of stalling on the first digest; once it is unlocked the chunks are
+    stored as they would have been, in order."""
+    data = data * 3  # more than the pipeline holds
+    gated = GatedKey(monkeypatch, bytes(range(32)))
+    codec = _CountingCodec(gated.cipher)
+    progress, errors = [0], []
+    with BackupWriter(store, Namespace(), GroupName("host", "g"), T0) as writer:
+        sink = IndexSink(writer, "root.pxar.didx", codec, workers=2)
+        producer = threading.Thread(target=_write_all, args=(sink, data, progress, errors))
+        producer.start()
+        _wait_until_blocked(progress)
+        assert producer.is_alive() and codec.written == 0
+        assert len(codec.prepared) > 2  # more chunks than workers: nobody waited for the key
+        assert sum(codec.prepared) <= index_sink._UNLOCK_INFLIGHT + MAX_CHUNK
+        gated.open()
+        producer.join()
+        assert not errors
+        assert sink.close("encrypt") == len(data)
+        ready = ChunkCodec(CryptConfig(gated.key))
+        chunks = index_chunks(store, writer, "root.pxar.didx", ready)
+        index = DynamicIndex((writer.path / "root.pxar.didx").read_bytes())
+        writer.finish()
+    one_pass = [bytes(c.data) for c in FastCDC(_FASTCDC_AVERAGE, min_size=MIN_CHUNK, max_size=MAX_CHUNK).cut_buf(data)]
+    assert chunks == one_pass
+    assert [index.digest(i) for i in range(len(index))] == [ready.digest(c) for c in one_pass]
+
+
+def test_a_key_that_fails_to_unlock_fails_the_archive(store, data, monkeypatch):
+    """A wrong passphrase found after chunks were prepared fails the archive with the key's
+    error; no chunk was written and no thread is left."""
+    before = set(threading.enumerate())
+    data = data * 3
+    gated = GatedKey(monkeypatch, bytes(range(32)))
+    codec = _CountingCodec(gated.cipher)
+    progress, errors = [0], []
+    with pytest.raises(CryptError, match="wrong passphrase"):
+        with BackupWriter(store, Namespace(), GroupName("host", "h"), T0) as writer:
+            sink = IndexSink(writer, "root.pxar.didx", codec, workers=2)
+            producer = threading.Thread(target=_write_all, args=(sink, data, progress, errors))
+            producer.start()
+            _wait_until_blocked(progress)
+            assert len(codec.prepared) > 2
+            gated.open(fail=True)
+            producer.join()
+            try:
+                if errors:
+                    raise errors[0]
+                sink.close("encrypt")
+            except BaseException:
+                sink.abort()
+                raise
+    assert codec.written == 0
+    assert not (store.base / "host" / "h").exists()
+    gated.source._unlocking.join()
+    assert set(threading.enumerate()) <= before

@@ -20,6 +20,15 @@ from cairn.format.blob import Cipher, decode_blob, encode_blob_parts, zstd_compr
 _SCRATCH_SIZE = 8 << 20
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedChunk:
+    """A chunk hashed and compressed before its key was unlocked (see ``ChunkCodec.prepare``)."""
+
+    zero: bool  # all zeros: the digest is the cached one of that many zeros
+    hasher: hashlib._Hash | None  # SHA-256 fed with the data; the digest appends the id key
+    packed: bytes | None  # the compressed data, None where compression does not shrink it
+
+
 @dataclass(frozen=True)
 class StoredChunk:
     digest: bytes
@@ -49,7 +58,11 @@ class ChunkCodec:
         return digest
 
     def _zero_block_digest(self, data: bytes | memoryview) -> bytes | None:
-        """The digest of an all-zero block, found by comparing instead of hashing.
+        """The digest of an all-zero block, found by comparing instead of hashing."""
+        return self.zero_digest(len(data)) if self._is_zero_block(data) else None
+
+    def _is_zero_block(self, data: bytes | memoryview) -> bool:
+        """True if ``data`` is all zeros.
 
         Disk images are often half zeros; comparing 4 MiB with zeros (memcmp) is about 40
         times faster than hashing it. ``bytes.startswith`` compares a memoryview with
@@ -57,27 +70,61 @@ class ChunkCodec:
         as the largest zero chunk seen.
         """
         if not len(data) or data[0] or data[-1]:
-            return None
+            return False
         zero = self._zero_block
         if len(zero) < len(data):
             zero = self._zero_block = bytes(len(data))
-        return self.zero_digest(len(data)) if zero.startswith(data) else None
+        return zero.startswith(data)
+
+    @property
+    def key_ready(self) -> bool:
+        """False while the key is still being unlocked on its thread (digests would wait)."""
+        return getattr(self.cipher, "ready", True)
 
     def store(self, chunks: ChunkStore, data: bytes | memoryview) -> StoredChunk:
         """Store ``data`` unless a chunk with its digest exists (then only mark it used).
 
-        While the key is still being unlocked (the first fraction of a second of a backup)
-        the digest has to wait, so the chunk is compressed first: otherwise the worker
-        would sit idle. Should the chunk turn out to be stored already, that work is lost,
-        which the first chunks of a backup can afford.
+        While the key is still being unlocked the digest has to wait, so the chunk is
+        prepared (hashed and compressed) first: otherwise the worker would sit idle.
         """
-        cipher = self.cipher
-        packed = zstd_compress(data) if cipher is not None and not getattr(cipher, "ready", True) else None
+        if not self.key_ready:
+            return self.finish(chunks, data, self.prepare(data))
         digest = self._zero_block_digest(data) or self.digest(data)
+        return self._write(chunks, data, digest, None)
+
+    def prepare(self, data: bytes | memoryview) -> PreparedChunk:
+        """The part of :meth:`store` that needs no key: hashing the data and compressing it.
+
+        Pipelines run this on the first chunks of a backup while the key is being unlocked
+        (a fraction of a second of scrypt on one core), so the other core is not left idle;
+        :meth:`finish` does the rest. Should the chunk turn out to be stored already, the
+        compression was wasted, which the first chunks of a backup can afford.
+        """
+        zero = self._is_zero_block(data)
+        hasher = None if zero or self.cipher is None else hashlib.sha256(data)
+        packed = zstd_compress(data)
+        return PreparedChunk(zero, hasher, packed if len(packed) < len(data) else None)
+
+    def finish(self, chunks: ChunkStore, data: bytes | memoryview, prepared: PreparedChunk) -> StoredChunk:
+        """Complete :meth:`prepare`: the digest (waiting for the key), then the blob."""
+        if prepared.zero:
+            digest = self.zero_digest(len(data))
+        elif prepared.hasher is None:
+            digest = self.digest(data)
+        else:
+            assert self.cipher is not None
+            digest = self.cipher.digest_after(prepared.hasher)
+        return self._write(chunks, data, digest, prepared.packed, compress=prepared.packed is not None)
+
+    def _write(
+        self, chunks: ChunkStore, data: bytes | memoryview, digest: bytes, packed: bytes | None, compress: bool = True
+    ) -> StoredChunk:
+        """Store the chunk under ``digest`` unless it exists (``packed``, ``compress``: as
+        ``encode_blob_parts`` takes them)."""
         if chunks.touch(digest):
             return StoredChunk(digest, len(data), 0)
         scratch = self._scratch() if len(data) <= _SCRATCH_SIZE else None
-        header, body = encode_blob_parts(data, cipher, scratch=scratch, packed=packed)
+        header, body = encode_blob_parts(data, self.cipher, compress, scratch=scratch, packed=packed)
         written = len(header) + len(body) if chunks.insert(digest, header, body) else 0
         return StoredChunk(digest, len(data), written)
 

@@ -64,6 +64,8 @@ class Cipher(Protocol):
 
     def compute_digest(self, data: bytes) -> bytes: ...
 
+    def digest_after(self, hasher: hashlib._Hash) -> bytes: ...
+
 
 @dataclass(frozen=True)
 class BlobInfo:

@@ -74,7 +74,13 @@ class CryptConfig:
 
         The secret goes last so that the digest cannot be extended without knowing it.
         """
-        hasher = hashlib.sha256(data)
+        return self.digest_after(hashlib.sha256(data))
+
+    def digest_after(self, hasher: hashlib._Hash) -> bytes:
+        """Finish :meth:`compute_digest` from a SHA-256 already fed with the data.
+
+        The id key comes last, so a chunk can be hashed before the key is unlocked.
+        """
         hasher.update(self._id_key)
         return hasher.digest()
 

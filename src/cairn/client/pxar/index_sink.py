@@ -9,7 +9,9 @@ push-side twin of ``pipeline.ordered_map``. Three stages keep both cores busy:
   GIL), submits each chunk to the pool and appends the digests to the index in stream
   order;
 - a thread pool digests, compresses, encrypts and stores the chunks (C code that releases
-  the GIL).
+  the GIL). While the key is still being unlocked (scrypt, on a core of its own) the
+  first chunks are only hashed and compressed, and finished once it is ready: the other
+  core works instead of waiting for the first digest.
 
 Both the queue and the chunks in flight are bounded in bytes, so memory stays flat however
 large the tree is. A failure in the cutter or a worker (a missing chunk, a full disk) is
@@ -24,7 +26,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from cairn.client.chunks import ChunkCodec, StoredChunk
+from cairn.client.chunks import ChunkCodec, PreparedChunk, StoredChunk
 from cairn.client.pipeline import default_workers
 from cairn.client.progress import Progress
 from cairn.datastore.writer import BackupWriter, DynamicIndexWriter
@@ -36,6 +38,10 @@ from .reuse import ReusedChunk
 _BATCH_BYTES = 4 << 20  # bytes the caller gathers before handing a batch to the cutter
 _QUEUED_BATCHES = 2  # batches waiting for the cutter: how far the walk may run ahead
 _INFLIGHT_PER_WORKER = 8 << 20  # chunk bytes submitted and not yet in the index, per worker
+# While the key is unlocked (~0.13 s of scrypt on one core) chunks are only hashed and
+# compressed, and kept until it is ready: up to this many bytes (the chunker's segments
+# bound them too).
+_UNLOCK_INFLIGHT = 48 << 20
 
 # A batch is a list of stream pieces (bytes), suggested boundaries (int stream offsets) and
 # runs of reused chunks (tuples), in stream order.
@@ -62,8 +68,11 @@ class IndexSink:
         workers = workers or default_workers()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cairn-chunk")
         self._max_inflight = workers * _INFLIGHT_PER_WORKER
-        self._pending: deque[tuple[Future[StoredChunk], memoryview]] = deque()
+        # Futures of StoredChunks, or of PreparedChunks (first in line) while the key unlocks.
+        self._pending: deque[tuple[Future[StoredChunk | PreparedChunk], memoryview]] = deque()
         self._inflight = 0
+        # Chunks prepared (first in line) while the key is being unlocked; -1 once it is.
+        self._prepared = 0 if not codec.key_ready else -1
         self.size = 0
         # Caller's side: the batch being gathered.
         self._batch: list[_Item] = []
@@ -174,17 +183,46 @@ class IndexSink:
                 self._append_reused(item)
 
     def _submit(self, chunk: memoryview) -> None:
-        future = self._pool.submit(self._codec.store, self._writer.store.chunks, chunk)
+        codec = self._codec
+        limit = self._max_inflight
+        if self._prepared >= 0:
+            if codec.key_ready:
+                self._finish_prepared()
+            else:
+                limit = _UNLOCK_INFLIGHT
+        if self._prepared >= 0:
+            future = self._pool.submit(codec.prepare, chunk)
+            self._prepared += 1
+        else:
+            future = self._pool.submit(codec.store, self._writer.store.chunks, chunk)
         self._pending.append((future, chunk))
         self._inflight += len(chunk)
         pending = self._pending
-        while pending and (self._inflight > self._max_inflight or pending[0][0].done()):
+        while pending and (self._inflight > limit or (self._prepared < 0 and pending[0][0].done())):
             self._collect()
 
+    def _finish_prepared(self) -> None:
+        """The key is unlocked (or must now be waited for): no more chunks are prepared, and
+        the prepared ones (the first in line) are finished by the workers."""
+        pending, count = self._pending, self._prepared
+        self._prepared = -1
+        codec, chunks = self._codec, self._writer.store.chunks
+
+        def finish(prepared: Future[PreparedChunk], data: memoryview) -> StoredChunk:
+            # The pool starts tasks in order, so every prepare is running or done here.
+            return codec.finish(chunks, data, prepared.result())
+
+        for i in range(count):
+            prepared, data = pending[i]
+            pending[i] = (self._pool.submit(finish, prepared, data), data)
+
     def _collect(self) -> None:
+        if self._prepared >= 0:
+            self._finish_prepared()
         future, chunk = self._pending.popleft()
         self._inflight -= len(chunk)
         stored = future.result()
+        assert isinstance(stored, StoredChunk)
         self._chunker.release(chunk)
         self._add(stored)
 
