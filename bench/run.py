@@ -10,7 +10,8 @@ restore of the first snapshot; the restored tree is compared with the source (ev
 size and SHA-256, every symlink and directory) and any difference fails the run. The table
 gives each measurement absolute and as a ratio to the best of the peers (restic, borg);
 a JSON copy goes to WORK/results.json. Every tool runs ``--repeat`` times (default 3), each
-time in a fresh repository, and the table shows the median of each measurement.
+time in a fresh repository, in rounds of one run of every tool (so that all tools see the
+same spells of a noisy machine), and the table shows the median of each measurement.
 Measurements run with a warm page cache (the data set is read through before every backup:
 borg evicts what it reads) and each after a sync (nothing of the step before is still being
 written back). Repositories and restores go to a fresh ext4 made for the run (see scratch.py).
@@ -172,21 +173,37 @@ def bench_once(tool: Tool, run: ToolRun, source: dict, label: str) -> dict:
     }
 
 
-def bench_tool(tool: Tool, root: Path, data: Path, source: dict, repeat: int, keep: bool) -> dict:
-    """``repeat`` runs, each in a fresh work directory; medians of the times and sizes.
+def bench_rounds(tools: list[Tool], root: Path, data: Path, source: dict, repeat: int, keep: bool) -> dict:
+    """``repeat`` rounds, each running every tool once in a fresh work directory.
 
-    Peak RSS is the highest of all runs; the restore must be bit-identical in every run. A
-    run's directory is removed before the next one starts (outside the measurements), the
-    last one only without ``keep``.
+    Rounds rather than one tool's runs after another: this VM has slower and faster spells
+    of minutes (15-20 % apart), and a tool measured wholly inside one would be compared
+    with peers measured in another. A run's directory is removed before the next one
+    starts (outside the measurements), the last round's only without ``keep``. A tool that
+    fails is reported with its error and left out of later rounds.
     """
-    runs = []
+    runs: dict[str, list[dict]] = {tool.name: [] for tool in tools}
+    errors: dict[str, str] = {}
     for i in range(repeat):
-        run = ToolRun(root / tool.name / f"run{i + 1}", data)
-        prepare(tool, run)
-        label = tool.name if repeat == 1 else f"{tool.name} ({i + 1}/{repeat})"
-        runs.append(bench_once(tool, run, source, label))
-        if i + 1 < repeat or not keep:
-            shutil.rmtree(run.work, ignore_errors=True)
+        for tool in tools:
+            if tool.name in errors:
+                continue
+            run = ToolRun(root / tool.name / f"run{i + 1}", data)
+            label = tool.name if repeat == 1 else f"{tool.name} ({i + 1}/{repeat})"
+            try:
+                prepare(tool, run)
+                runs[tool.name].append(bench_once(tool, run, source, label))
+            except CommandFailed as err:
+                errors[tool.name] = f"failed: {err}"
+            if i + 1 < repeat or not keep:
+                shutil.rmtree(run.work, ignore_errors=True)
+    return {tool.name: {"error": errors[tool.name]} if tool.name in errors else summarize(runs[tool.name])
+            for tool in tools}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians of the times and sizes; peak RSS is the highest of all runs, and the
+    restore must be bit-identical in every run."""
     result: dict = {key: statistics.median(r[key] for r in runs) for key in MEDIAN_KEYS}
     differences = sorted({problem for r in runs for problem in r["differences"]})
     result.update({
@@ -206,7 +223,8 @@ def fmt_value(value: float, unit: str) -> str:
 def _runs(repeat: int) -> str:
     if repeat == 1:
         return "one run per tool"
-    return f"median of {repeat} runs per tool (each in a fresh repository; peak RSS: the highest)"
+    return (f"median of {repeat} runs per tool, in rounds of one run of each tool (each in a fresh repository; "
+            "peak RSS: the highest)")
 
 
 def render_table(report: dict) -> str:
@@ -310,17 +328,11 @@ def run_tools(args: argparse.Namespace, tools: list[Tool], skipped: dict[str, st
         "results": {name: {"error": f"skipped ({reason})"} for name, reason in skipped.items()}, "notes": notes,
     }
     failed = False
-    for tool in tools:
-        try:
-            result = bench_tool(tool, root, data, source, args.repeat, args.keep)
-        except CommandFailed as err:
-            result = {"error": f"failed: {err}"}
-            failed = True
-        else:
-            failed = failed or not result["bit_identical"]
-            for problem in result["differences"]:
-                print(f"bench: {tool.name} restore differs: {problem}", file=sys.stderr)
-        report["results"][tool.name] = result
+    for name, result in bench_rounds(tools, root, data, source, args.repeat, args.keep).items():
+        failed = failed or "error" in result or not result["bit_identical"]
+        for problem in result.get("differences", []):
+            print(f"bench: {name} restore differs: {problem}", file=sys.stderr)
+        report["results"][name] = result
     report["load_after"] = os.getloadavg()[0]
     if not args.keep and root == args.work:  # a fresh file system goes as a whole
         clear([root / tool.name for tool in tools])
