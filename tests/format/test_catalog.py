@@ -135,6 +135,14 @@ def test_u64_round_trip(value: int) -> None:
     assert decode_u64(encode_u64(value)) == (value, len(encode_u64(value)))
 
 
+@given(st.one_of(st.integers(0, 2**64 - 1),
+                 st.sampled_from([0x7F, 0x80, 0x3FFF, 0x4000, 0x1FFFFF, 0x200000, 0xFFFFFFF,
+                                  0x10000000, 0x7FFFFFFFF, 0x800000000, 2**64 - 1])))
+def test_u64_fast_paths_agree_with_the_plain_encoding(value: int) -> None:
+    """The spelled-out lengths (small sizes, mtimes) give what the general loop gives."""
+    assert encode_u64(value) == varint(value)
+
+
 @given(st.integers(-(2**63), 2**63 - 1))
 def test_i64_round_trip(value: int) -> None:
     assert decode_i64(encode_i64(value)) == (value, len(encode_i64(value)))

@@ -124,6 +124,13 @@ def encode_u64(value: int) -> bytes:
     """Encode an unsigned 64-bit value as PBS's catalog varint."""
     if 0 <= value < 0x80:
         return _ONE_BYTE[value]  # name lengths, entry counts: most values
+    # Sizes of small files and mtimes (five bytes until 2514) spelled out: a catalog takes
+    # three varints per file, and the loop below costs several times more.
+    if 0x80 <= value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if 0x10000000 <= value < 0x800000000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80,
+                      value >> 21 & 0x7F | 0x80, value >> 28))
     if not 0 <= value < _U64_LIMIT:
         raise FormatError(f"catalog: {value} does not fit an unsigned 64-bit varint")
     out = bytearray()
@@ -200,6 +207,7 @@ def _check_name(name: bytes) -> None:
 
 
 _KIND_BYTES = {kind: kind.value.encode() for kind in EntryType}
+_FILE_KIND = _KIND_BYTES[EntryType.FILE]
 
 
 class _OpenDirectory:
@@ -272,7 +280,11 @@ class CatalogWriter:
         self._stack[-1].entries.append((head, start))
 
     def add_file(self, name: bytes, size: int, mtime: int) -> None:
-        self._add(EntryType.FILE, name, encode_u64(size) + encode_i64(mtime))
+        if self._finished:
+            raise FormatError("catalog writer: already finished")
+        _check_name(name)
+        payload = encode_u64(size) + (encode_u64(mtime) if 0 <= mtime <= _I64_MAX else encode_i64(mtime))
+        self._stack[-1].entries.append((_FILE_KIND + encode_u64(len(name)) + name + payload, None))
 
     def add_symlink(self, name: bytes) -> None:
         self._add(EntryType.SYMLINK, name)

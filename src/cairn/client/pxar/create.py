@@ -325,19 +325,27 @@ class Archiver:
                     held = True
                     return
                 reuser.flush()
-            self._write_file(fd, name, path, st, self._metadata(st, fd, xattrs))
+            if xattrs:
+                self._write_file(fd, name, path, st, self._metadata(st, fd, xattrs))
+            else:  # most files: the stat fields are all there is, encoded without a Metadata
+                self._write_file(fd, name, path, st, encode_stat(st.st_mode, 0, st.st_uid, st.st_gid, st.st_mtime_ns))
         finally:
             if not held:
                 os.close(fd)
 
-    def _write_file(self, fd: int, name: bytes, path: bytes, st: os.stat_result, metadata: Metadata) -> None:
-        """Read the file and add it with its contents."""
+    def _write_file(
+        self, fd: int, name: bytes, path: bytes, st: os.stat_result, metadata: Metadata | bytes
+    ) -> None:
+        """Read the file and add it with its contents (``metadata`` as the encoder takes it)."""
         encoder = self._encoder
         assert encoder is not None
         size = st.st_size
         if self._suggest_boundary is not None:
             self._suggest_boundary(encoder.payload_position)
-        offset = encoder.add_file(name, metadata, size, self._content(fd, st, path))
+        content = self._small_content(fd, st) if size <= _READ_BLOCK else None
+        if content is None:
+            content = self._content(fd, st, path)
+        offset = encoder.add_file(name, metadata, size, content)
         if self._catalog is not None:
             self._catalog.add_file(name, size, st.st_mtime_ns // _NANOS)
         if st.st_nlink > 1:
@@ -372,6 +380,20 @@ class Archiver:
         self._encoder.finish_directory()
         if self._catalog is not None:
             self._catalog.end_directory()
+
+    def _small_content(self, fd: int, st: os.stat_result) -> bytes | None:
+        """A file of up to one block read whole, or None if it must take ``_content``'s path
+        (a sparse file, a read error or a short read, which that path reports)."""
+        if st.st_blocks * 512 < st.st_size:
+            return None
+        try:
+            data = os.pread(fd, st.st_size, 0)
+        except OSError:
+            return None
+        if len(data) != st.st_size:
+            return None
+        self.stats.content_bytes_read += len(data)
+        return data
 
     def _content(self, fd: int, st: os.stat_result, path: bytes) -> Iterator[bytes | memoryview]:
         """Exactly ``st_size`` bytes of the file; holes of a sparse file are not read."""

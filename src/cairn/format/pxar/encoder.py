@@ -216,7 +216,7 @@ class Encoder:
     def add_file(
         self,
         name: bytes,
-        metadata: Metadata,
+        metadata: Metadata | bytes,
         size: int,
         content: Buffer | Iterable[Buffer] | Reader,
     ) -> int:
@@ -224,31 +224,46 @@ class Encoder:
 
         ``content`` is a bytes-like object, an iterable of bytes-like chunks, or a reader
         with ``read(n)``; a reader is read up to ``size`` bytes and no further. Contents go to
-        the payload stream in the split layout, into the archive otherwise.
+        the payload stream in the split layout, into the archive otherwise. ``metadata`` may
+        also be given encoded, as ``encode_metadata`` returned it.
         """
         filename = self._begin(name)
-        if not metadata.is_regular_file():
-            raise FormatError(
-                f"pxar: {name!r} added as a file but its mode is not S_IFREG"
-            )
+        items = self._file_items(name, metadata)
         if not 0 <= size < _U64_LIMIT:
             raise FormatError(f"pxar: invalid file size {size}")
-        items = filename + encode_metadata(metadata)
         file_offset = self._out.position
         with self._writing:
-            self._out.put(items)
             if self._payload is not None:
-                self._out.put(encode_payload_ref(self._payload.position, size))
+                self._out.put(filename + items + encode_payload_ref(self._payload.position, size))
                 self._payload.put(header(PXAR_PAYLOAD, size))
                 sink = self._payload
+            elif type(content) is bytes and len(content) == size:
+                # A small file read whole: one piece (most files of a tree are small).
+                self._out.put(filename + items + header(PXAR_PAYLOAD, size) + content)
+                self._record(name, file_offset, self._out.position - file_offset)
+                return file_offset
             else:
-                self._out.put(header(PXAR_PAYLOAD, size))
+                self._out.put(filename + items + header(PXAR_PAYLOAD, size))
                 sink = self._out
             meta_size = self._out.position - file_offset
             _copy(sink, size, content, name)
         # pxar counts the content in the goodbye size even when it lives in the payload stream.
         self._record(name, file_offset, meta_size + size)
         return file_offset
+
+    def _file_items(self, name: bytes, metadata: Metadata | bytes) -> bytes:
+        """The encoded metadata of a regular file (given as Metadata or already encoded)."""
+        if isinstance(metadata, Metadata):
+            file_type = metadata.file_type
+            items = encode_metadata(metadata)
+        else:
+            items = bytes(metadata)
+            file_type = encoded_file_type(items)
+        if file_type != S_IFREG:
+            raise FormatError(
+                f"pxar: {name!r} added as a file but its mode is not S_IFREG"
+            )
+        return items
 
     def add_payload_ref(
         self, name: bytes, metadata: Metadata | bytes, size: int, payload_offset: int
@@ -264,16 +279,7 @@ class Encoder:
         """
         filename = self._begin(name)
         payload = self._require_payload()
-        if isinstance(metadata, Metadata):
-            file_type = metadata.file_type
-            items = encode_metadata(metadata)
-        else:
-            items = bytes(metadata)
-            file_type = encoded_file_type(items)
-        if file_type != S_IFREG:
-            raise FormatError(
-                f"pxar: {name!r} added as a file but its mode is not S_IFREG"
-            )
+        items = self._file_items(name, metadata)
         if not 0 <= size < _U64_LIMIT:
             raise FormatError(f"pxar: invalid file size {size}")
         if not payload.position <= payload_offset < _U64_LIMIT:
