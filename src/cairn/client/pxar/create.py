@@ -345,14 +345,17 @@ class Archiver:
         content = self._small_content(fd, st) if size <= _READ_BLOCK else None
         if content is None:
             content = self._content(fd, st, path)
+        reported = self.stats.changed
         offset = encoder.add_file(name, metadata, size, content)
         if self._catalog is not None:
             self._catalog.add_file(name, size, st.st_mtime_ns // _NANOS)
         if st.st_nlink > 1:
             self._links[(st.st_dev, st.st_ino)] = (path, offset)
         after = os.fstat(fd)
-        if (after.st_mtime_ns, after.st_ctime_ns, after.st_size) != (st.st_mtime_ns, st.st_ctime_ns, size):
-            self._changed(path)
+        if self.stats.changed == reported and (after.st_mtime_ns, after.st_ctime_ns, after.st_size) != (
+            st.st_mtime_ns, st.st_ctime_ns, size
+        ):
+            self._changed(path)  # unless reading it found that already
 
     def _write_reused(self, name: bytes, items: bytes, st: os.stat_result, payload_offset: int) -> None:
         """Add an unchanged file (its metadata encoded) whose payload the reuser injects at
