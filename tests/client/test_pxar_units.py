@@ -36,7 +36,9 @@ def data() -> bytes:
     return rng.randbytes(60 * MIB) + bytes(20 * MIB) + rng.randbytes(3 * MIB + 17)
 
 
-def cut_streaming(data: bytes, piece_sizes) -> list[bytes]:
+def cut_streaming(data: bytes, piece_sizes, early: bool = False) -> list[bytes]:
+    """Feed ``data`` in pieces; with ``early``, also ask for an early cut after each piece
+    (what the sink does whenever its workers run out of chunks)."""
     chunker = StreamChunker()
     out, pos = [], 0
     view = memoryview(data)
@@ -44,6 +46,8 @@ def cut_streaming(data: bytes, piece_sizes) -> list[bytes]:
         if pos >= len(data):
             break
         out += taken(chunker, chunker.feed(view[pos : pos + size]))
+        if early:
+            out += taken(chunker, chunker.cut_early())
         pos += size
     out += taken(chunker, chunker.feed(view[pos:]))
     out += taken(chunker, chunker.finish())
@@ -55,6 +59,7 @@ def test_streaming_cuts_equal_one_pass_over_the_whole_stream(data):
     rng = random.Random(5)
     for pieces in ([1 << 18] * 400, [rng.randrange(1, 9 * MIB) for _ in range(40)], [len(data)]):
         assert cut_streaming(data, pieces) == one_pass
+        assert cut_streaming(data, pieces, early=True) == one_pass
     sizes = [len(c) for c in one_pass]
     assert all(MIN_CHUNK <= s <= MAX_CHUNK for s in sizes[:-1])
     random_part = sizes[: len(sizes) // 2]

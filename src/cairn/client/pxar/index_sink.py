@@ -7,7 +7,8 @@ push-side twin of ``pipeline.ordered_map``. Three stages keep both cores busy:
   batches through a short queue;
 - a cutter thread joins the pieces and cuts them into chunks (FastCDC in C, without the
   GIL), submits each chunk to the pool and appends the digests to the index in stream
-  order;
+  order. It cuts in passes of 16 MiB, or over what it has as soon as the workers run out
+  of chunks (many small files come slower than two workers compress them);
 - a thread pool digests, compresses, encrypts and stores the chunks (C code that releases
   the GIL). While the key is still being unlocked (scrypt, on a core of its own) the
   first chunks are only hashed and compressed, and finished once it is ready: the other
@@ -74,6 +75,7 @@ class IndexSink:
         self._chunker = StreamChunker(wait=self._collect)
         workers = workers or default_workers()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cairn-chunk")
+        self._workers = workers
         self._max_inflight = workers * _INFLIGHT_PER_WORKER
         # Futures of StoredChunks, or of PreparedChunks (first in line) while the key unlocks.
         self._pending: deque[tuple[Future[StoredChunk | PreparedChunk], memoryview]] = deque()
@@ -188,6 +190,19 @@ class IndexSink:
                 chunker.suggest(item)
             else:
                 self._append_reused(item)
+        if self._idle_workers():
+            for chunk in chunker.cut_early():
+                self._submit(chunk)
+
+    def _idle_workers(self) -> bool:
+        """True if fewer chunks are being stored than there are workers."""
+        busy = 0
+        for future, _ in self._pending:
+            if not future.done():
+                busy += 1
+                if busy >= self._workers:
+                    return False
+        return True
 
     def _submit(self, chunk: memoryview) -> None:
         codec = self._codec
