@@ -207,7 +207,6 @@ def _check_name(name: bytes) -> None:
 
 
 _KIND_BYTES = {kind: kind.value.encode() for kind in EntryType}
-_FILE_KIND = _KIND_BYTES[EntryType.FILE]
 
 
 class _OpenDirectory:
@@ -280,11 +279,7 @@ class CatalogWriter:
         self._stack[-1].entries.append((head, start))
 
     def add_file(self, name: bytes, size: int, mtime: int) -> None:
-        if self._finished:
-            raise FormatError("catalog writer: already finished")
-        _check_name(name)
-        payload = encode_u64(size) + (encode_u64(mtime) if 0 <= mtime <= _I64_MAX else encode_i64(mtime))
-        self._stack[-1].entries.append((_FILE_KIND + encode_u64(len(name)) + name + payload, None))
+        self._add(EntryType.FILE, name, encode_u64(size) + encode_i64(mtime))
 
     def add_symlink(self, name: bytes) -> None:
         self._add(EntryType.SYMLINK, name)

@@ -387,7 +387,7 @@ class Archiver:
     def _small_content(self, fd: int, st: os.stat_result) -> bytes | None:
         """A file of up to one block read whole, or None if it must take ``_content``'s path
         (a sparse file, a read error or a short read, which that path reports)."""
-        if st.st_blocks * 512 < st.st_size:
+        if _sparse(st):
             return None
         try:
             data = os.pread(fd, st.st_size, 0)
@@ -402,7 +402,7 @@ class Archiver:
         """Exactly ``st_size`` bytes of the file; holes of a sparse file are not read."""
         size = st.st_size
         pos = 0
-        sparse = st.st_blocks * 512 < size
+        sparse = _sparse(st)
         while pos < size:
             end = size
             if sparse:
@@ -646,6 +646,11 @@ def _getxattr(handle: int | str, name: str) -> bytes | None:
         return os.getxattr(handle, name)
     except OSError:
         return None  # removed since it was listed, or not readable: leave it out
+
+
+def _sparse(st: os.stat_result) -> bool:
+    """True if the file has holes (fewer blocks allocated than its size needs)."""
+    return st.st_blocks * 512 < st.st_size
 
 
 def _zeros(size: int) -> Iterator[memoryview]:

@@ -206,17 +206,15 @@ class IndexSink:
 
     def _submit(self, chunk: memoryview) -> None:
         codec = self._codec
-        limit = self._max_inflight
-        if self._prepared >= 0:
-            if codec.key_ready:
-                self._finish_prepared()
-            else:
-                limit = _UNLOCK_INFLIGHT
+        if self._prepared >= 0 and codec.key_ready:
+            self._finish_prepared()
         if self._prepared >= 0:
             future = self._pool.submit(codec.prepare, chunk)
             self._prepared += 1
+            limit = _UNLOCK_INFLIGHT
         else:
             future = self._pool.submit(codec.store, self._writer.store.chunks, chunk)
+            limit = self._max_inflight
         self._pending.append((future, chunk))
         self._inflight += len(chunk)
         pending = self._pending

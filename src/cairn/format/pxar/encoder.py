@@ -236,19 +236,18 @@ class Encoder:
             if self._payload is not None:
                 self._out.put(filename + items + encode_payload_ref(self._payload.position, size))
                 self._payload.put(header(PXAR_PAYLOAD, size))
-                sink = self._payload
+                _copy(self._payload, size, content, name)
             elif type(content) is bytes and len(content) == size:
                 # A small file read whole: one piece (most files of a tree are small).
                 self._out.put(filename + items + header(PXAR_PAYLOAD, size) + content)
-                self._record(name, file_offset, self._out.position - file_offset)
-                return file_offset
             else:
                 self._out.put(filename + items + header(PXAR_PAYLOAD, size))
-                sink = self._out
-            meta_size = self._out.position - file_offset
-            _copy(sink, size, content, name)
-        # pxar counts the content in the goodbye size even when it lives in the payload stream.
-        self._record(name, file_offset, meta_size + size)
+                _copy(self._out, size, content, name)
+        entry_size = self._out.position - file_offset
+        if self._payload is not None:
+            # pxar counts the content in the goodbye size even when it lives in the payload stream.
+            entry_size += size
+        self._record(name, file_offset, entry_size)
         return file_offset
 
     def _file_items(self, name: bytes, metadata: Metadata | bytes) -> bytes:
